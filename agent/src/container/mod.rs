@@ -1,0 +1,135 @@
+//! Containers in the guest, built with youki's `libcontainer`.
+//!
+//! The agent keeps one record per container: its phase, its init process and its exec
+//! processes. Creating processes goes through the fork-safe [`crate::helper`]; start, kill and
+//! delete do not fork and run on tokio's blocking pool. Exits come from [`crate::reaper`].
+
+pub mod cgroup;
+mod create;
+pub mod ids;
+pub mod layout;
+mod lifecycle;
+mod record;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use slog::Logger;
+use thiserror::Error;
+use tokio_vsock::VsockStream;
+
+use crate::helper::{HelperError, HelperLauncher};
+use crate::reaper::{ExitRegistry, ReaperError};
+use crate::stdio::{RegistryError, StdioError, StreamRegistry};
+
+pub use layout::Layout;
+pub use record::Process;
+use record::Slot;
+
+/// The host side of a stdio stream.
+pub type HostStream = VsockStream;
+
+#[derive(Debug, Error)]
+pub enum ContainerError {
+    #[error("container {0} not found")]
+    NotFound(String),
+    #[error("exec {exec_id} not found in container {container_id}")]
+    ExecNotFound {
+        container_id: String,
+        exec_id: String,
+    },
+    #[error("container {0} already exists")]
+    AlreadyExists(String),
+    #[error("exec {exec_id} already exists in container {container_id}")]
+    ExecAlreadyExists {
+        container_id: String,
+        exec_id: String,
+    },
+    #[error("container {0} is still being created")]
+    Busy(String),
+    #[error("container {0} was already started")]
+    AlreadyStarted(String),
+    #[error("container {0} has not been started")]
+    NotStarted(String),
+    #[error("container {0} has stopped")]
+    Stopped(String),
+    #[error("root.path {0:?} does not exist in the guest (is the shared directory mounted?)")]
+    RootfsMissing(std::path::PathBuf),
+    #[error("signal {0} is not a valid signal number")]
+    InvalidSignal(u32),
+    #[error("terminal size {rows}x{cols} is out of range")]
+    InvalidSize { rows: u32, cols: u32 },
+    #[error(transparent)]
+    InvalidId(#[from] ids::IdError),
+    #[error(transparent)]
+    InvalidSpec(#[from] spec::SpecError),
+    #[error(transparent)]
+    Stdio(#[from] StdioError),
+    #[error(transparent)]
+    Streams(#[from] RegistryError),
+    #[error("creating the process: {0}")]
+    Helper(#[from] HelperError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Signal(#[from] ReaperError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("libcontainer: {0}")]
+    Libcontainer(String),
+    #[error("the exit status of pid {0} was lost")]
+    ExitLost(i32),
+    #[error("a blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// All containers of the sandbox.
+pub struct Containers {
+    layout: Layout,
+    exits: Arc<ExitRegistry>,
+    streams: Arc<StreamRegistry<HostStream>>,
+    launcher: HelperLauncher,
+    slots: Mutex<HashMap<String, Slot>>,
+    log: Logger,
+}
+
+impl Containers {
+    pub fn new(
+        layout: Layout,
+        exits: Arc<ExitRegistry>,
+        streams: Arc<StreamRegistry<HostStream>>,
+        log: Logger,
+    ) -> Self {
+        let launcher = HelperLauncher::new(Arc::clone(&exits), log.clone());
+        Self {
+            layout,
+            exits,
+            streams,
+            launcher,
+            slots: Mutex::new(HashMap::new()),
+            log,
+        }
+    }
+
+    fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        // Records are replaced whole, never left half-updated: a poisoned map is consistent.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Ids of the containers that are fully created.
+    pub fn ids(&self) -> Vec<String> {
+        self.slots()
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Ready(_)))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}

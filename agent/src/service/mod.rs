@@ -1,0 +1,260 @@
+//! The `husk.agent.v1.Agent` ttrpc service: decodes requests, delegates to [`Containers`] and
+//! [`Sandbox`], and turns errors into precise ttrpc status codes ([`status`]).
+
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use husk_protocol::agent::{
+    CheckRequest, CheckResponse, ContainerRequest, CreateContainerRequest, CreateSandboxRequest,
+    DestroySandboxRequest, Empty, ExecProcessRequest, ListProcessesResponse, ProcessRequest,
+    ProcessStarted, SignalProcessRequest, Stdio, TtyWinResizeRequest, WaitProcessResponse,
+};
+use husk_protocol::agent_ttrpc::Agent;
+use slog::{Logger, debug, info};
+use ttrpc::Code;
+use ttrpc::r#async::TtrpcContext;
+
+use crate::container::Containers;
+use crate::sandbox::{self, Sandbox, SandboxConfig};
+use crate::stdio::StdioRequest;
+
+use self::status::rpc_error;
+
+/// DestroySandbox waits this long before tearing down, so its reply leaves the guest first.
+pub const DESTROY_REPLY_GRACE: Duration = Duration::from_millis(100);
+/// DestroySandbox waits this long for killed containers before powering off.
+pub const DESTROY_KILL_WAIT: Duration = Duration::from_secs(3);
+
+pub struct AgentService {
+    containers: Arc<Containers>,
+    sandbox: Arc<Sandbox>,
+    /// Guest uptime when the agent began serving.
+    serving_since_ms: u64,
+    log: Logger,
+}
+
+impl AgentService {
+    pub fn new(
+        containers: Arc<Containers>,
+        sandbox: Arc<Sandbox>,
+        serving_since_ms: u64,
+        log: Logger,
+    ) -> Self {
+        Self {
+            containers,
+            sandbox,
+            serving_since_ms,
+            log,
+        }
+    }
+}
+
+fn stdio(s: Option<&Stdio>) -> StdioRequest {
+    s.map(|s| StdioRequest {
+        stdin: s.stdin,
+        stdout: s.stdout,
+        stderr: s.stderr,
+        terminal: s.terminal,
+    })
+    .unwrap_or_default()
+}
+
+fn started(pid: i32) -> ttrpc::Result<ProcessStarted> {
+    let pid =
+        u32::try_from(pid).map_err(|_| rpc_error(Code::INTERNAL, format!("bad pid {pid}")))?;
+    Ok(ProcessStarted {
+        pid,
+        ..Default::default()
+    })
+}
+
+/// Runs a state-changing operation to completion even if its caller goes away: ttrpc drops a
+/// handler at the client's deadline, and a create or remove cut short half-way would leave
+/// records, processes or mounts inconsistent. The caller then sees DEADLINE_EXCEEDED and can
+/// retry or clean up against a consistent state.
+async fn detached<T: Send + 'static>(
+    operation: impl Future<Output = T> + Send + 'static,
+) -> ttrpc::Result<T> {
+    tokio::spawn(operation)
+        .await
+        .map_err(|e| rpc_error(Code::INTERNAL, e))
+}
+
+/// Logs a failed call at debug level (the shim logs what it receives) and passes it on.
+fn logged<T, E: Into<ttrpc::Error> + std::fmt::Display>(
+    log: &Logger,
+    rpc: &str,
+    r: Result<T, E>,
+) -> ttrpc::Result<T> {
+    r.map_err(|e| {
+        debug!(log, "request failed"; "rpc" => rpc, "error" => %e);
+        e.into()
+    })
+}
+
+#[async_trait]
+impl Agent for AgentService {
+    async fn check(&self, _ctx: &TtrpcContext, _: CheckRequest) -> ttrpc::Result<CheckResponse> {
+        Ok(CheckResponse {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel_release: crate::guest_info::kernel_release(),
+            boot_to_agent_ms: self.serving_since_ms,
+            ..Default::default()
+        })
+    }
+
+    async fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        let config = SandboxConfig {
+            id: req.sandbox_id,
+            hostname: req.hostname,
+            shared_fs_tag: req.shared_fs_tag,
+        };
+        let sandbox = Arc::clone(&self.sandbox);
+        let created = tokio::task::spawn_blocking(move || sandbox.create(config))
+            .await
+            .map_err(|e| rpc_error(Code::INTERNAL, e))?;
+        logged(&self.log, "CreateSandbox", created)?;
+        Ok(Empty::new())
+    }
+
+    async fn destroy_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        _: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        info!(self.log, "destroying the sandbox");
+        let containers = Arc::clone(&self.containers);
+        let shared_dir = self.sandbox.shared_dir().to_path_buf();
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(DESTROY_REPLY_GRACE).await;
+            containers.kill_everything(DESTROY_KILL_WAIT).await;
+            let _ =
+                tokio::task::spawn_blocking(move || sandbox::power_off(&shared_dir, &log)).await;
+        });
+        Ok(Empty::new())
+    }
+
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<ProcessStarted> {
+        let stdio = stdio(req.stdio.as_ref());
+        let containers = Arc::clone(&self.containers);
+        let pid = detached(async move {
+            containers
+                .create(&req.container_id, &req.oci_spec, stdio)
+                .await
+        })
+        .await?;
+        started(logged(&self.log, "CreateContainer", pid)?)
+    }
+
+    async fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let containers = Arc::clone(&self.containers);
+        let started = detached(async move { containers.start(&req.container_id).await }).await?;
+        logged(&self.log, "StartContainer", started)?;
+        Ok(Empty::new())
+    }
+
+    async fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let containers = Arc::clone(&self.containers);
+        let removed = detached(async move { containers.remove(&req.container_id).await }).await?;
+        logged(&self.log, "RemoveContainer", removed)?;
+        Ok(Empty::new())
+    }
+
+    async fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<ProcessStarted> {
+        let stdio = stdio(req.stdio.as_ref());
+        let containers = Arc::clone(&self.containers);
+        let pid = detached(async move {
+            containers
+                .exec(&req.container_id, &req.exec_id, &req.process, stdio)
+                .await
+        })
+        .await?;
+        started(logged(&self.log, "ExecProcess", pid)?)
+    }
+
+    async fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        let r = self
+            .containers
+            .signal(&req.container_id, &req.exec_id, req.signal, req.all);
+        logged(&self.log, "SignalProcess", r)?;
+        Ok(Empty::new())
+    }
+
+    async fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        let status = self.containers.wait(&req.container_id, &req.exec_id).await;
+        let exit_status = logged(&self.log, "WaitProcess", status)?;
+        Ok(WaitProcessResponse {
+            exit_status,
+            ..Default::default()
+        })
+    }
+
+    async fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
+        let pids = logged(
+            &self.log,
+            "ListProcesses",
+            self.containers.list_processes(&req.container_id),
+        )?;
+        Ok(ListProcessesResponse {
+            pids,
+            ..Default::default()
+        })
+    }
+
+    async fn tty_win_resize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        let r =
+            self.containers
+                .resize_terminal(&req.container_id, &req.exec_id, req.rows, req.cols);
+        logged(&self.log, "TtyWinResize", r)?;
+        Ok(Empty::new())
+    }
+
+    async fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
+        logged(
+            &self.log,
+            "CloseStdin",
+            self.containers.close_stdin(&req.container_id, &req.exec_id),
+        )?;
+        Ok(Empty::new())
+    }
+}

@@ -1,0 +1,299 @@
+//! Supervised helper processes (the VMM, virtiofsd): spawned so they die with the shim,
+//! with bounded capture of their output and an exit notification.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use slog::{Logger, debug, info, warn};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+
+use crate::vmm::VmmError;
+
+/// Lines of stderr kept for error messages.
+const TAIL_LINES: usize = 20;
+/// Longer output lines are cut: a hostile guest controls the serial console's content.
+const MAX_LINE_BYTES: usize = 1024;
+/// Console/log lines forwarded to the shim log per second; the rest are counted and dropped.
+const MAX_LINES_PER_SECOND: u32 = 50;
+
+/// A child process that is killed when this handle (or the whole shim) goes away.
+pub(crate) struct Supervised {
+    role: &'static str,
+    pid: u32,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    kill: mpsc::Sender<()>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// What to do with a child's stdout.
+#[derive(Clone, Copy)]
+pub(crate) enum Stdout {
+    /// Forward as log lines (the guest serial console).
+    Log,
+    Null,
+}
+
+impl Supervised {
+    /// Spawns `cmd`. `inherit` is an fd the child receives as fd 3 (a pre-bound listener).
+    pub(crate) fn spawn(
+        role: &'static str,
+        mut cmd: Command,
+        stdout: Stdout,
+        inherit: Option<OwnedFd>,
+        log: &Logger,
+    ) -> Result<Self, VmmError> {
+        cmd.stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdout(match stdout {
+                Stdout::Log => Stdio::piped(),
+                Stdout::Null => Stdio::null(),
+            })
+            .kill_on_drop(true);
+        let inherit_raw = inherit.as_ref().map(AsRawFd::as_raw_fd);
+        let parent = std::process::id();
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+        // syscalls (prctl, getppid, dup2, fcntl, kill) on fds it owns.
+        unsafe {
+            cmd.as_std_mut().pre_exec(move || {
+                // Die with the shim: a stray VM must never outlive its pod.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The shim may have died between fork and prctl.
+                if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                }
+                if let Some(fd) = inherit_raw {
+                    if fd == 3 {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(fd, 3) != 3 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| VmmError::Spawn { what: role, source })?;
+        drop(inherit);
+        let pid = child.id().unwrap_or_default();
+        let log = log.new(slog::o!("process" => role, "pid" => pid));
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(forward_lines(err, log.clone(), Some(tail.clone())));
+        }
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(forward_lines(out, log.clone(), None));
+        }
+        let (exit_tx, exit) = watch::channel(None);
+        let (kill, mut kill_rx) = mpsc::channel::<()>(1);
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                s = child.wait() => s,
+                _ = kill_rx.recv() => {
+                    // start_kill is a no-op error if the child was already reaped.
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            match status {
+                Ok(status) => {
+                    debug!(log, "process ended"; "status" => describe(status));
+                    let _ = exit_tx.send(Some(status));
+                }
+                Err(e) => {
+                    warn!(log, "waiting for process failed"; "error" => %e);
+                    let _ = exit_tx.send(Some(ExitStatus::from_raw(libc::SIGKILL)));
+                }
+            }
+        });
+        Ok(Self {
+            role,
+            pid,
+            exit,
+            kill,
+            tail,
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub(crate) fn role(&self) -> &'static str {
+        self.role
+    }
+
+    pub(crate) fn exit_watch(&self) -> watch::Receiver<Option<ExitStatus>> {
+        self.exit.clone()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn has_exited(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
+    pub(crate) fn stderr_tail(&self) -> String {
+        self.tail
+            .lock()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+
+    /// Waits up to `grace` for the process to end by itself, then kills it and waits for it.
+    pub(crate) async fn stop(&self, grace: Duration) -> ExitStatus {
+        let mut exit = self.exit.clone();
+        if tokio::time::timeout(grace, exit.wait_for(Option::is_some))
+            .await
+            .is_err()
+        {
+            let _ = self.kill.try_send(());
+        }
+        // After a kill the wait completes promptly; bound it anyway.
+        let waited =
+            tokio::time::timeout(Duration::from_secs(5), exit.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(status)) => status.unwrap_or_else(|| ExitStatus::from_raw(libc::SIGKILL)),
+            _ => ExitStatus::from_raw(libc::SIGKILL),
+        }
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        // Nothing may outlive its handle; a no-op if the process already ended.
+        let _ = self.kill.try_send(());
+    }
+}
+
+/// "exited with status N" / "killed by signal N".
+pub(crate) fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "ended".to_string(),
+    }
+}
+
+async fn forward_lines<R: AsyncRead + Unpin>(
+    stream: R,
+    log: Logger,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+) {
+    let mut reader = BufReader::with_capacity(MAX_LINE_BYTES, stream);
+    let mut buf = Vec::with_capacity(MAX_LINE_BYTES);
+    let mut window = Instant::now();
+    let (mut in_window, mut dropped) = (0u32, 0u64);
+    loop {
+        buf.clear();
+        match read_bounded_line(&mut reader, &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+        if let Some(tail) = &tail {
+            if let Ok(mut t) = tail.lock() {
+                if t.len() == TAIL_LINES {
+                    t.pop_front();
+                }
+                t.push_back(line.clone());
+            }
+        }
+        if window.elapsed() >= Duration::from_secs(1) {
+            if dropped > 0 {
+                warn!(log, "output lines dropped by rate limit"; "count" => dropped);
+            }
+            window = Instant::now();
+            in_window = 0;
+            dropped = 0;
+        }
+        if in_window < MAX_LINES_PER_SECOND {
+            in_window += 1;
+            info!(log, "{}", line);
+        } else {
+            dropped += 1;
+        }
+    }
+}
+
+/// Reads one line of at most MAX_LINE_BYTES; the rest of a longer line is skipped.
+async fn read_bounded_line<R: AsyncBufReadExt + Unpin>(
+    r: &mut R,
+    out: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(total);
+        }
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..=i], true),
+            None => (available, false),
+        };
+        let n = chunk.len();
+        let room = MAX_LINE_BYTES.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..n.min(room)]);
+        r.consume(n);
+        total += n;
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bounded_line_cuts_long_lines_and_keeps_the_next() {
+        let long = "x".repeat(MAX_LINE_BYTES * 3);
+        let input = format!("{long}\nshort\n");
+        let mut r = BufReader::new(input.as_bytes());
+        let mut buf = Vec::new();
+        read_bounded_line(&mut r, &mut buf).await.unwrap();
+        assert_eq!(buf.len(), MAX_LINE_BYTES);
+        buf.clear();
+        read_bounded_line(&mut r, &mut buf).await.unwrap();
+        assert_eq!(buf, b"short\n");
+    }
+
+    #[tokio::test]
+    async fn supervised_child_reports_exit_and_stderr() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo boom >&2; exit 3"]);
+        let child = Supervised::spawn("test", cmd, Stdout::Null, None, &log).unwrap();
+        let status = child.stop(Duration::from_secs(5)).await;
+        assert_eq!(status.code(), Some(3));
+        // stderr forwarding races the exit; give it a moment.
+        for _ in 0..50 {
+            if child.stderr_tail().contains("boom") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(child.stderr_tail().contains("boom"));
+    }
+
+    #[tokio::test]
+    async fn stop_kills_after_grace() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut cmd = Command::new("sleep");
+        cmd.arg("100");
+        let child = Supervised::spawn("sleeper", cmd, Stdout::Null, None, &log).unwrap();
+        let status = child.stop(Duration::from_millis(50)).await;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(child.has_exited());
+    }
+}

@@ -1,0 +1,21 @@
+//! Virtual machine monitors for husk pods.
+//!
+//! A [`Vmm`] backend launches a VM from a [`VmSpec`] and hands back a [`VmHandle`]. Every
+//! backend gives the guest the same two channels: a hybrid-vsock device (host side: a Unix
+//! socket speaking Firecracker's `CONNECT <port>` protocol, see [`hybrid_client`]) and a
+//! virtio-fs share served by `virtiofsd`. [`probe`] decides which backend a host can run.
+
+mod child;
+pub mod hybrid_client;
+pub mod probe;
+pub mod qemu;
+pub mod select;
+pub mod spec;
+pub mod virtiofsd;
+pub mod vmm;
+pub mod vsock;
+
+pub use probe::{HostProbe, KvmSupport};
+pub use select::{BackendChoice, Selection, select};
+pub use spec::{SharedFsSpec, VmSpec, VsockSpec};
+pub use vmm::{VmExit, VmHandle, Vmm, VmmError};

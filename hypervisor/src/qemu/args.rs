@@ -1,0 +1,188 @@
+//! The QEMU command line for a pod VM (pure: unit-tested without QEMU).
+//!
+//! q35 with a shared memfd memory backend (vhost-user devices map guest RAM), no default
+//! devices, serial console on stdout, direct kernel boot, and two vhost-user devices: the
+//! hybrid vsock and virtio-fs.
+
+use std::path::Path;
+
+use crate::spec::VmSpec;
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualization.
+    Kvm,
+    /// Software emulation. `tsc_khz` is passed to the guest: its own TSC calibration can hang
+    /// under TCG.
+    Tcg { tsc_khz: u64 },
+}
+
+/// TSC frequency to announce when the host's is unknown (only used under TCG).
+pub const FALLBACK_TSC_KHZ: u64 = 2_400_000;
+
+/// husk's guest kernel parameters; `extra` (from the config) comes last so it can override.
+pub fn kernel_cmdline(accel: Accel, extra: &str) -> String {
+    // panic=-1 + reboot=t: a guest panic or the agent's reboot() triple-faults, and QEMU's
+    // -no-reboot turns that into a clean exit. pci=lastbus=0: all devices sit on bus 0, so
+    // don't scan the other 255.
+    let mut cmdline = String::from("console=ttyS0 quiet panic=-1 reboot=t pci=lastbus=0");
+    if let Accel::Tcg { tsc_khz } = accel {
+        cmdline.push_str(&format!(" tsc_early_khz={tsc_khz}"));
+    }
+    if !extra.trim().is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(extra.trim());
+    }
+    cmdline
+}
+
+pub fn qemu_args(spec: &VmSpec, accel: Accel, vhost_vsock: &Path, virtiofsd: &Path) -> Vec<String> {
+    let (accel_name, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg { .. } => ("tcg", "max"),
+    };
+    let mem = spec.memory_mib;
+    let mut a: Vec<String> = Vec::with_capacity(48);
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&[
+        "-name",
+        &format!("husk-{},debug-threads=on", option_safe(&spec.name)),
+    ]);
+    push(&["-machine", "q35,memory-backend=mem"]);
+    push(&["-accel", accel_name]);
+    push(&["-cpu", cpu]);
+    push(&["-smp", &spec.vcpus.to_string()]);
+    push(&["-m", &format!("{mem}M")]);
+    push(&[
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-display",
+        "none",
+    ]);
+    push(&["-monitor", "none", "-serial", "stdio"]);
+    push(&["-kernel", &spec.kernel.display().to_string()]);
+    push(&["-initrd", &spec.initrd.display().to_string()]);
+    push(&["-append", &kernel_cmdline(accel, &spec.kernel_params)]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=vsock,path={}", vhost_vsock.display()),
+    ]);
+    // The guest CID is the vhost-user backend's to announce, not a device property.
+    push(&["-device", "vhost-user-vsock-pci,chardev=vsock"]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=fs,path={}", virtiofsd.display()),
+    ]);
+    push(&[
+        "-device",
+        &format!(
+            "vhost-user-fs-pci,chardev=fs,tag={},queue-size=1024",
+            spec.shared_fs.tag
+        ),
+    ]);
+    a
+}
+
+/// QEMU option values are comma-separated: keep names to a harmless alphabet.
+fn option_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{SharedFsSpec, VsockSpec};
+    use std::path::PathBuf;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "pod1".into(),
+            kernel: PathBuf::from("/k"),
+            initrd: PathBuf::from("/i"),
+            kernel_params: " husk.log=debug ".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            run_dir: PathBuf::from("/run/husk/pod1"),
+            vsock: VsockSpec {
+                guest_cid: 3,
+                uds_path: PathBuf::from("/run/husk/pod1/vsock.sock"),
+            },
+            shared_fs: SharedFsSpec {
+                tag: "husk".into(),
+                shared_dir: PathBuf::from("/run/husk/pod1/shared"),
+                virtiofsd: PathBuf::from("/v"),
+                cache: "auto".into(),
+            },
+        }
+    }
+
+    fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn tcg_line_has_tsc_and_max_cpu() {
+        let a = qemu_args(
+            &spec(),
+            Accel::Tcg { tsc_khz: 2_600_000 },
+            Path::new("/vv"),
+            Path::new("/fs"),
+        );
+        assert_eq!(value_of(&a, "-accel"), ["tcg"]);
+        assert_eq!(value_of(&a, "-cpu"), ["max"]);
+        let append = value_of(&a, "-append")[0];
+        assert!(append.contains("tsc_early_khz=2600000"), "{append}");
+        assert!(append.ends_with("husk.log=debug"), "{append}");
+        assert_eq!(value_of(&a, "-smp"), ["2"]);
+        assert_eq!(value_of(&a, "-m"), ["512M"]);
+        assert!(value_of(&a, "-object")[0].contains("size=512M,share=on"));
+    }
+
+    #[test]
+    fn names_cannot_inject_options() {
+        let mut s = spec();
+        s.name = "a,b=c".into();
+        let a = qemu_args(&s, Accel::Kvm, Path::new("/vv"), Path::new("/fs"));
+        assert_eq!(value_of(&a, "-name"), ["husk-a_b_c,debug-threads=on"]);
+    }
+
+    #[test]
+    fn kvm_line_uses_host_cpu_without_tsc_hint() {
+        let a = qemu_args(&spec(), Accel::Kvm, Path::new("/vv"), Path::new("/fs"));
+        assert_eq!(value_of(&a, "-accel"), ["kvm"]);
+        assert_eq!(value_of(&a, "-cpu"), ["host"]);
+        assert!(!value_of(&a, "-append")[0].contains("tsc_early_khz"));
+    }
+
+    #[test]
+    fn wires_both_vhost_user_devices() {
+        let a = qemu_args(&spec(), Accel::Kvm, Path::new("/vv"), Path::new("/fs"));
+        let chardevs = value_of(&a, "-chardev");
+        assert!(chardevs.contains(&"socket,id=vsock,path=/vv"));
+        assert!(chardevs.contains(&"socket,id=fs,path=/fs"));
+        let devices = value_of(&a, "-device");
+        assert!(devices.contains(&"vhost-user-vsock-pci,chardev=vsock"));
+        assert!(
+            devices
+                .iter()
+                .any(|d| d.contains("vhost-user-fs-pci,chardev=fs,tag=husk"))
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! QEMU backend: `qemu-system-x86_64` with KVM where it can run standard guests, TCG
+//! (software emulation) elsewhere. The hybrid-vsock device runs in this process as a
+//! vhost-user backend; virtio-fs is served by a virtiofsd child.
+
+mod args;
+mod vm;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use slog::{Logger, info};
+use tokio::process::Command;
+
+pub use args::{Accel, FALLBACK_TSC_KHZ, kernel_cmdline, qemu_args};
+use vm::QemuVm;
+
+use crate::child::{Stdout, Supervised};
+use crate::spec::VmSpec;
+use crate::virtiofsd;
+use crate::vmm::{VmHandle, Vmm, VmmError};
+use crate::vsock::{VhostUserVsock, VhostUserVsockConfig};
+
+/// Socket names inside the VM's run directory.
+const VHOST_VSOCK_SOCKET: &str = "vhost-vsock.sock";
+const VIRTIOFSD_SOCKET: &str = "virtiofsd.sock";
+
+pub struct QemuVmm {
+    binary: PathBuf,
+    accel: Accel,
+}
+
+impl QemuVmm {
+    /// `binary` is a path or a name looked up on `PATH`.
+    pub fn new(binary: &str, accel: Accel) -> Result<Self, VmmError> {
+        Ok(Self {
+            binary: resolve_binary(binary)?,
+            accel,
+        })
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+}
+
+#[async_trait]
+impl Vmm for QemuVmm {
+    fn name(&self) -> String {
+        match self.accel {
+            Accel::Kvm => "qemu-kvm".into(),
+            Accel::Tcg { .. } => "qemu-tcg".into(),
+        }
+    }
+
+    async fn launch(&self, spec: &VmSpec, log: &Logger) -> Result<Box<dyn VmHandle>, VmmError> {
+        spec.validate()?;
+        let vhost_path = spec.run_dir.join(VHOST_VSOCK_SOCKET);
+        let fs_path = spec.run_dir.join(VIRTIOFSD_SOCKET);
+        let vhost_listener =
+            std::os::unix::net::UnixListener::bind(&vhost_path).map_err(|source| {
+                VmmError::Socket {
+                    path: vhost_path.clone(),
+                    source,
+                }
+            })?;
+        let vsock = VhostUserVsock::start(
+            VhostUserVsockConfig {
+                guest_cid: spec.vsock.guest_cid,
+                uds_path: spec.vsock.uds_path.clone(),
+            },
+            vhost_listener,
+            log.new(slog::o!("device" => "vsock")),
+        )?;
+        let mut vm = QemuVm::new(spec, vsock, vec![vhost_path.clone(), fs_path.clone()]);
+        vm.add_helper(virtiofsd::spawn(&spec.shared_fs, &fs_path, log)?);
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(qemu_args(spec, self.accel, &vhost_path, &fs_path));
+        let qemu = Supervised::spawn("qemu", cmd, Stdout::Log, None, log)?;
+        info!(log, "VM started"; "vmm" => self.name(), "pid" => qemu.pid(),
+              "vcpus" => spec.vcpus, "memory_mib" => spec.memory_mib);
+        vm.set_vmm(qemu);
+        Ok(Box::new(vm))
+    }
+}
+
+fn resolve_binary(name: &str) -> Result<PathBuf, VmmError> {
+    let candidates: Vec<PathBuf> = if name.contains('/') {
+        vec![PathBuf::from(name)]
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
+            .unwrap_or_default()
+    };
+    candidates
+        .into_iter()
+        .find(|p| is_executable(p))
+        .ok_or_else(|| VmmError::HypervisorBinary {
+            name: name.to_string(),
+            reason: if name.contains('/') {
+                "does not exist or is not executable".into()
+            } else {
+                "was not found on PATH".into()
+            },
+        })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_names_on_path_and_reports_missing() {
+        assert!(resolve_binary("sh").is_ok());
+        let err = resolve_binary("/nonexistent/qemu")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/qemu") && err.contains("qemu_path"),
+            "{err}"
+        );
+        let err = resolve_binary("no-such-qemu-binary")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("PATH"), "{err}");
+    }
+}

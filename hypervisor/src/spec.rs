@@ -1,0 +1,159 @@
+//! What a backend needs to launch a pod VM. Plain data, validated by [`VmSpec::validate`]
+//! before any process is started.
+
+use std::path::{Path, PathBuf};
+
+use crate::vmm::VmmError;
+
+/// Guest CID of every pod VM: each VM has its own vsock device, so the CID need not be unique.
+pub const GUEST_CID: u64 = 3;
+/// Smallest guest memory that boots the husk kernel and agent with room for a container.
+pub const MIN_MEMORY_MIB: u32 = 64;
+/// The guest kernel is built with NR_CPUS=64.
+pub const MAX_VCPUS: u32 = 64;
+
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Human-readable VM name (the pod's sandbox id), used in process titles and logs.
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Extra guest kernel parameters appended after husk's own.
+    pub kernel_params: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Directory the backend may put its sockets in; owned by the caller.
+    pub run_dir: PathBuf,
+    pub vsock: VsockSpec,
+    pub shared_fs: SharedFsSpec,
+}
+
+#[derive(Debug, Clone)]
+pub struct VsockSpec {
+    pub guest_cid: u64,
+    /// Host side of the hybrid vsock: `CONNECT <port>\n` here reaches guest port `<port>`.
+    pub uds_path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SharedFsSpec {
+    /// virtio-fs tag the guest mounts.
+    pub tag: String,
+    /// Host directory exported to the guest.
+    pub shared_dir: PathBuf,
+    pub virtiofsd: PathBuf,
+    /// virtiofsd `--cache` policy: `auto`, `always` or `never`.
+    pub cache: String,
+}
+
+impl VmSpec {
+    /// Checks everything that can be checked before starting processes, with errors that
+    /// name the offending setting.
+    pub fn validate(&self) -> Result<(), VmmError> {
+        require_file("guest kernel", &self.kernel)?;
+        require_file("guest initramfs", &self.initrd)?;
+        require_file("virtiofsd", &self.shared_fs.virtiofsd)?;
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(VmmError::InvalidSpec(format!(
+                "vcpus = {} is outside 1..={MAX_VCPUS}",
+                self.vcpus
+            )));
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(VmmError::InvalidSpec(format!(
+                "memory = {} MiB is below the {MIN_MEMORY_MIB} MiB the guest needs",
+                self.memory_mib
+            )));
+        }
+        if !["auto", "always", "never"].contains(&self.shared_fs.cache.as_str()) {
+            return Err(VmmError::InvalidSpec(format!(
+                "virtio-fs cache policy {:?} is not one of auto, always, never",
+                self.shared_fs.cache
+            )));
+        }
+        if self.shared_fs.tag.is_empty() || self.shared_fs.tag.len() > 36 {
+            return Err(VmmError::InvalidSpec(
+                "virtio-fs tag must be 1..=36 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn require_file(what: &'static str, path: &Path) -> Result<(), VmmError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(VmmError::MissingFile {
+            what,
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        }),
+        Err(e) => Err(VmmError::MissingFile {
+            what,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &Path) -> VmSpec {
+        for f in ["k", "i", "v"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        VmSpec {
+            name: "pod".into(),
+            kernel: dir.join("k"),
+            initrd: dir.join("i"),
+            kernel_params: String::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            run_dir: dir.to_path_buf(),
+            vsock: VsockSpec {
+                guest_cid: GUEST_CID,
+                uds_path: dir.join("vsock.sock"),
+            },
+            shared_fs: SharedFsSpec {
+                tag: "husk".into(),
+                shared_dir: dir.to_path_buf(),
+                virtiofsd: dir.join("v"),
+                cache: "auto".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn accepts_a_complete_spec() {
+        let d = tempfile::tempdir().unwrap();
+        spec(d.path()).validate().unwrap();
+    }
+
+    #[test]
+    fn names_the_missing_kernel() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = spec(d.path());
+        s.kernel = d.path().join("nope");
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("guest kernel") && err.contains("nope"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_sizes_and_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = spec(d.path());
+        s.vcpus = 0;
+        assert!(s.validate().is_err());
+        let mut s = spec(d.path());
+        s.memory_mib = 16;
+        assert!(s.validate().is_err());
+        let mut s = spec(d.path());
+        s.shared_fs.cache = "sometimes".into();
+        assert!(s.validate().is_err());
+    }
+}

@@ -1,0 +1,295 @@
+//! The shim's client of the guest agent: ttrpc over the hybrid vsock, every request bounded
+//! by the configured RPC timeout (except waiting for a process to exit), and the per-stream
+//! IO connections of `husk_protocol::io_stream`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use husk_hypervisor::VmExit;
+use husk_hypervisor::hybrid_client::{self, HybridConnectError};
+use husk_protocol::agent::*;
+use husk_protocol::agent_ttrpc::AgentClient;
+use husk_protocol::io_stream::{STATUS_OK, StreamHeader};
+use husk_protocol::{AGENT_VSOCK_PORT, IO_VSOCK_PORT};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Bound on one health check while waiting for the agent to come up.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on opening one stdio stream (connect, header, status byte).
+const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("the guest agent did not answer within {waited:?} (agent.connect_timeout_ms): {last}")]
+    NotReady { waited: Duration, last: String },
+    #[error("the VM ended {waited:?} after it was started, before its agent answered: {how}")]
+    VmEnded { waited: Duration, how: String },
+    #[error("agent {method}: {source}")]
+    Rpc {
+        method: &'static str,
+        source: ttrpc::Error,
+    },
+    #[error("opening {what} stream: {reason}")]
+    Stream { what: String, reason: String },
+}
+
+impl AgentError {
+    /// The ttrpc status code the agent answered with, if it answered at all.
+    pub fn code(&self) -> Option<ttrpc::Code> {
+        match self {
+            AgentError::Rpc {
+                source: ttrpc::Error::RpcStatus(s),
+                ..
+            } => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+pub struct Agent {
+    client: AgentClient,
+    uds: PathBuf,
+    rpc_timeout: Duration,
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+macro_rules! rpc {
+    ($self:ident, $method:ident, $req:expr) => {
+        $self
+            .client
+            .$method(
+                ttrpc::context::with_timeout(nanos($self.rpc_timeout)),
+                &$req,
+            )
+            .await
+            .map_err(|source| AgentError::Rpc {
+                method: stringify!($method),
+                source,
+            })
+    };
+}
+
+impl Agent {
+    /// Connects and waits for a health check to pass, until `deadline`. Stops early, with the
+    /// VM's own words, if the VM ends meanwhile.
+    pub async fn connect(
+        uds: &Path,
+        deadline: Instant,
+        vm_exit: watch::Receiver<Option<VmExit>>,
+        rpc_timeout: Duration,
+    ) -> Result<(Self, CheckResponse), AgentError> {
+        let started = Instant::now();
+        let vm_gone = || vm_exit.borrow().as_ref().map(|e| e.description.clone());
+        let mut last = String::from("no attempt made");
+        while Instant::now() < deadline {
+            let stream =
+                match hybrid_client::connect_with_retry(uds, AGENT_VSOCK_PORT, deadline, vm_gone)
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(HybridConnectError::Deadline { last, .. }) => {
+                        if let Some(how) = vm_gone() {
+                            return Err(AgentError::VmEnded {
+                                waited: started.elapsed(),
+                                how,
+                            });
+                        }
+                        return Err(AgentError::NotReady {
+                            waited: started.elapsed(),
+                            last,
+                        });
+                    }
+                    Err(e) => {
+                        return Err(AgentError::NotReady {
+                            waited: started.elapsed(),
+                            last: e.to_string(),
+                        });
+                    }
+                };
+            let client = AgentClient::new(ttrpc::asynchronous::Client::new(stream.into()));
+            let timeout = CHECK_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+            match client
+                .check(
+                    ttrpc::context::with_timeout(nanos(timeout)),
+                    &CheckRequest::new(),
+                )
+                .await
+            {
+                Ok(check) => {
+                    return Ok((
+                        Self {
+                            client,
+                            uds: uds.to_path_buf(),
+                            rpc_timeout,
+                        },
+                        check,
+                    ));
+                }
+                Err(e) => last = format!("health check failed: {e}"),
+            }
+            if let Some(how) = vm_gone() {
+                return Err(AgentError::VmEnded {
+                    waited: started.elapsed(),
+                    how,
+                });
+            }
+        }
+        Err(AgentError::NotReady {
+            waited: started.elapsed(),
+            last,
+        })
+    }
+
+    pub async fn create_sandbox(
+        &self,
+        sandbox_id: &str,
+        hostname: &str,
+        tag: &str,
+    ) -> Result<(), AgentError> {
+        let mut req = CreateSandboxRequest::new();
+        req.sandbox_id = sandbox_id.to_string();
+        req.hostname = hostname.to_string();
+        req.shared_fs_tag = tag.to_string();
+        rpc!(self, create_sandbox, req).map(drop)
+    }
+
+    pub async fn destroy_sandbox(&self) -> Result<(), AgentError> {
+        rpc!(self, destroy_sandbox, DestroySandboxRequest::new()).map(drop)
+    }
+
+    pub async fn create_container(
+        &self,
+        id: &str,
+        spec: Vec<u8>,
+        stdio: Stdio,
+    ) -> Result<u32, AgentError> {
+        let mut req = CreateContainerRequest::new();
+        req.container_id = id.to_string();
+        req.oci_spec = spec;
+        req.stdio = protobuf::MessageField::some(stdio);
+        rpc!(self, create_container, req).map(|r| r.pid)
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<(), AgentError> {
+        rpc!(self, start_container, container_req(id)).map(drop)
+    }
+
+    pub async fn remove_container(&self, id: &str) -> Result<(), AgentError> {
+        rpc!(self, remove_container, container_req(id)).map(drop)
+    }
+
+    pub async fn exec_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: Vec<u8>,
+        stdio: Stdio,
+    ) -> Result<u32, AgentError> {
+        let mut req = ExecProcessRequest::new();
+        req.container_id = id.to_string();
+        req.exec_id = exec_id.to_string();
+        req.process = process;
+        req.stdio = protobuf::MessageField::some(stdio);
+        rpc!(self, exec_process, req).map(|r| r.pid)
+    }
+
+    pub async fn signal_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), AgentError> {
+        let mut req = SignalProcessRequest::new();
+        req.container_id = id.to_string();
+        req.exec_id = exec_id.to_string();
+        req.signal = signal;
+        req.all = all;
+        rpc!(self, signal_process, req).map(drop)
+    }
+
+    /// Blocks until the process exits; ends with an error if the VM or connection goes away.
+    pub async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32, AgentError> {
+        self.client
+            .wait_process(
+                ttrpc::context::Context::default(),
+                &process_req(id, exec_id),
+            )
+            .await
+            .map(|r| r.exit_status)
+            .map_err(|source| AgentError::Rpc {
+                method: "wait_process",
+                source,
+            })
+    }
+
+    pub async fn list_processes(&self, id: &str) -> Result<Vec<u32>, AgentError> {
+        rpc!(self, list_processes, container_req(id)).map(|r| r.pids)
+    }
+
+    pub async fn tty_resize(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u32,
+        cols: u32,
+    ) -> Result<(), AgentError> {
+        let mut req = TtyWinResizeRequest::new();
+        req.container_id = id.to_string();
+        req.exec_id = exec_id.to_string();
+        req.rows = rows;
+        req.cols = cols;
+        rpc!(self, tty_win_resize, req).map(drop)
+    }
+
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), AgentError> {
+        rpc!(self, close_stdin, process_req(id, exec_id)).map(drop)
+    }
+
+    /// Opens one stdio stream of a process on the agent's IO port.
+    pub async fn open_stream(&self, header: &StreamHeader) -> Result<UnixStream, AgentError> {
+        let what = format!(
+            "{:?} of {}/{}",
+            header.kind, header.container_id, header.exec_id
+        );
+        let fail = |reason: String| AgentError::Stream {
+            what: what.clone(),
+            reason,
+        };
+        let bytes = header.encode().map_err(|e| fail(e.to_string()))?;
+        let open = async {
+            let mut s = hybrid_client::connect(&self.uds, IO_VSOCK_PORT, STREAM_OPEN_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            s.write_all(&bytes).await.map_err(|e| e.to_string())?;
+            match s.read_u8().await.map_err(|e| e.to_string())? {
+                STATUS_OK => Ok(s),
+                status => Err(format!("agent refused the stream (status {status})")),
+            }
+        };
+        match tokio::time::timeout(STREAM_OPEN_TIMEOUT, open).await {
+            Ok(r) => r.map_err(fail),
+            Err(_) => Err(fail(format!("timed out after {STREAM_OPEN_TIMEOUT:?}"))),
+        }
+    }
+}
+
+fn container_req(id: &str) -> ContainerRequest {
+    let mut r = ContainerRequest::new();
+    r.container_id = id.to_string();
+    r
+}
+
+fn process_req(id: &str, exec_id: &str) -> ProcessRequest {
+    let mut r = ProcessRequest::new();
+    r.container_id = id.to_string();
+    r.exec_id = exec_id.to_string();
+    r
+}

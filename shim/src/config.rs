@@ -1,0 +1,249 @@
+//! husk's configuration: one typed TOML schema, every key optional with the default shown in
+//! `deploy/config.toml`. Unknown keys are errors (a typo must not silently fall back).
+//!
+//! Where it comes from, first match wins: the containerd runtime option `ConfigPath` (CRI's
+//! `[plugins.cri.containerd.runtimes.husk.options] ConfigPath = …`), the `HUSK_CONFIG`
+//! environment variable of containerd, then `/etc/husk/config.toml`. A missing default file
+//! means built-in defaults; a missing explicitly named file is an error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use husk_hypervisor::BackendChoice;
+use serde::Deserialize;
+use thiserror::Error;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/husk/config.toml";
+pub const CONFIG_ENV: &str = "HUSK_CONFIG";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading husk config {path:?}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("husk config {path:?} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("husk config {path:?}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub hypervisor: HypervisorConfig,
+    pub virtiofs: VirtiofsConfig,
+    pub agent: AgentConfig,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HypervisorConfig {
+    pub backend: BackendChoice,
+    pub qemu_path: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Appended to husk's guest kernel command line.
+    pub kernel_params: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VirtiofsConfig {
+    pub virtiofsd_path: PathBuf,
+    pub cache: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// How long the guest agent has to answer after the VM starts.
+    pub connect_timeout_ms: u64,
+    /// Bound on every agent request except waiting for a process to exit.
+    pub rpc_timeout_ms: u64,
+    /// Guest agent log level: error, warn, info or debug.
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Per-pod host state (sockets, shared directory) lives in `<state_dir>/<sandbox id>`.
+    pub state_dir: PathBuf,
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendChoice::Auto,
+            qemu_path: "qemu-system-x86_64".into(),
+            kernel: "/usr/share/husk/vmlinuz".into(),
+            initrd: "/usr/share/husk/initrd.img".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel_params: String::new(),
+        }
+    }
+}
+
+impl Default for VirtiofsConfig {
+    fn default() -> Self {
+        Self {
+            virtiofsd_path: "/usr/local/libexec/husk/virtiofsd".into(),
+            cache: "auto".into(),
+        }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        // Generous: under software emulation on a busy 2-core host a boot takes seconds.
+        Self {
+            connect_timeout_ms: 30_000,
+            rpc_timeout_ms: 30_000,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: "/run/husk".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the config named by `explicit` (runtime option), else `$HUSK_CONFIG`, else the
+    /// default path.
+    pub fn resolve(explicit: Option<&Path>) -> Result<(Self, PathBuf), ConfigError> {
+        if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
+            return Ok((Self::load(p)?, p.to_path_buf()));
+        }
+        if let Some(p) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
+            let p = PathBuf::from(p);
+            return Ok((Self::load(&p)?, p));
+        }
+        let default = PathBuf::from(DEFAULT_CONFIG_PATH);
+        if default.exists() {
+            Ok((Self::load(&default)?, default))
+        } else {
+            Ok((Self::default(), default))
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.agent.connect_timeout_ms == 0 || self.agent.rpc_timeout_ms == 0 {
+            return Err("agent timeouts must be greater than 0".into());
+        }
+        if !["error", "warn", "info", "debug"].contains(&self.agent.log_level.as_str()) {
+            return Err(format!(
+                "agent.log_level {:?} is not one of error, warn, info, debug",
+                self.agent.log_level
+            ));
+        }
+        if !self.runtime.state_dir.is_absolute() {
+            return Err(format!(
+                "runtime.state_dir {:?} must be an absolute path",
+                self.runtime.state_dir
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.agent.connect_timeout_ms)
+    }
+
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.agent.rpc_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(
+            Config::parse("", Path::new("c.toml")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn partial_sections_keep_other_defaults() {
+        let c = Config::parse(
+            "[hypervisor]\nkernel = \"/k\"\n[agent]\nconnect_timeout_ms = 3000\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(c.hypervisor.kernel, PathBuf::from("/k"));
+        assert_eq!(c.hypervisor.memory_mib, 256);
+        assert_eq!(c.connect_timeout(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::parse(
+            "[hypervisor]\nkernal = \"/k\"\n",
+            Path::new("/etc/husk/config.toml"),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("kernal") && msg.contains("/etc/husk/config.toml"),
+            "{msg}"
+        );
+        let err = Config::parse("[nope]\n", Path::new("c"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(Config::parse("[hypervisor]\nbackend = \"vmware\"\n", Path::new("c")).is_err());
+        assert!(Config::parse("[agent]\nconnect_timeout_ms = 0\n", Path::new("c")).is_err());
+        assert!(Config::parse("[agent]\nlog_level = \"loud\"\n", Path::new("c")).is_err());
+        assert!(Config::parse("[runtime]\nstate_dir = \"rel\"\n", Path::new("c")).is_err());
+    }
+
+    #[test]
+    fn documented_defaults_match_the_built_in_ones() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config.toml");
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let err = Config::resolve(Some(Path::new("/nonexistent/husk.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/husk.toml"));
+    }
+}

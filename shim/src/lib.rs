@@ -1,0 +1,19 @@
+//! `containerd-shim-husk-v2`: containerd's shim for husk pods. One shim process and one VM
+//! per pod; the task API is served to containerd and carried out by the agent in the VM.
+
+pub mod agent;
+pub mod args;
+pub mod check;
+pub mod cleanup;
+pub mod config;
+pub mod events;
+pub mod guest_spec;
+pub mod logger;
+pub mod mounts;
+pub mod pod;
+pub mod pod_dir;
+pub mod runtime_options;
+pub mod serve;
+pub mod start;
+pub mod stdio;
+pub mod task;

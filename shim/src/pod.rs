@@ -1,0 +1,173 @@
+//! A pod: its VM, the agent inside, and its host directory. One per shim.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use husk_hypervisor::{HostProbe, SharedFsSpec, VmHandle, VmSpec, VsockSpec, spec::GUEST_CID};
+use slog::{Logger, info, warn};
+use thiserror::Error;
+use tokio::time::Instant;
+
+use crate::agent::{Agent, AgentError};
+use crate::config::Config;
+use crate::pod_dir::{PodDir, PodDirError, PodRecord};
+
+/// virtio-fs tag of the pod share, mounted by the agent at `SHARED_DIR_GUEST`.
+pub const SHARED_FS_TAG: &str = "husk";
+/// How long the guest gets to power off after DestroySandbox before the VMM is killed.
+const POWEROFF_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum PodError {
+    #[error(transparent)]
+    Dir(#[from] PodDirError),
+    #[error(transparent)]
+    Vmm(#[from] husk_hypervisor::VmmError),
+    #[error("{source}{diagnostics}")]
+    Agent {
+        source: AgentError,
+        diagnostics: String,
+    },
+}
+
+pub struct Pod {
+    pub id: String,
+    pub dir: PodDir,
+    pub vm: Box<dyn VmHandle>,
+    pub agent: Agent,
+    log: Logger,
+}
+
+impl Pod {
+    /// Boots the pod VM and waits for its agent. Everything started is torn down again on
+    /// failure.
+    pub async fn boot(
+        id: &str,
+        hostname: &str,
+        config: &Config,
+        shim_socket: PathBuf,
+        log: &Logger,
+    ) -> Result<Self, PodError> {
+        let log = log.new(slog::o!("sandbox" => id.to_string()));
+        let selection = husk_hypervisor::select(
+            config.hypervisor.backend,
+            &config.hypervisor.qemu_path,
+            &HostProbe::default(),
+        )?;
+        info!(log, "hypervisor selected"; "vmm" => selection.vmm.name(), "reason" => &selection.reason);
+        let dir = PodDir::new(&config.runtime.state_dir, id);
+        dir.create()?;
+        let started = Instant::now();
+        let vm = match selection.vmm.launch(&vm_spec(id, &dir, config), &log).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                let _ = dir.destroy();
+                return Err(e.into());
+            }
+        };
+        let record = PodRecord {
+            sandbox_id: id.to_string(),
+            processes: vm.processes(),
+            shim_socket,
+        };
+        if let Err(e) = dir.write_record(&record) {
+            warn!(log, "could not record pod processes for crash cleanup"; "error" => %e);
+        }
+        let deadline = Instant::now() + config.connect_timeout();
+        let connected = Agent::connect(
+            &dir.vsock_uds(),
+            deadline,
+            vm.exited(),
+            config.rpc_timeout(),
+        )
+        .await;
+        let (agent, check) = match connected {
+            Ok(c) => c,
+            Err(source) => return Err(Self::abort_boot(vm, &dir, source, &log).await),
+        };
+        let ready = started.elapsed();
+        if let Err(source) = agent.create_sandbox(id, hostname, SHARED_FS_TAG).await {
+            return Err(Self::abort_boot(vm, &dir, source, &log).await);
+        }
+        info!(log, "pod VM ready";
+            "boot_to_agent_ms" => u64::try_from(ready.as_millis()).unwrap_or(u64::MAX),
+            "guest_uptime_at_agent_ms" => check.boot_to_agent_ms,
+            "guest_kernel" => &check.kernel_release,
+            "agent_version" => &check.agent_version,
+            "vmm_pid" => vm.pid());
+        Ok(Self {
+            id: id.to_string(),
+            dir,
+            vm,
+            agent,
+            log,
+        })
+    }
+
+    async fn abort_boot(
+        vm: Box<dyn VmHandle>,
+        dir: &PodDir,
+        source: AgentError,
+        log: &Logger,
+    ) -> PodError {
+        vm.stop(Duration::ZERO).await;
+        let diag = vm.diagnostics();
+        let diagnostics = if diag.is_empty() {
+            String::new()
+        } else {
+            format!("; VMM output: {diag}")
+        };
+        warn!(log, "pod VM failed to start"; "error" => %source, "diagnostics" => &diag);
+        if let Err(e) = dir.destroy() {
+            warn!(log, "cleaning up the pod directory"; "error" => %e);
+        }
+        PodError::Agent {
+            source,
+            diagnostics,
+        }
+    }
+
+    /// Asks the guest to power off, stops the VMM and its helpers, and removes the pod's
+    /// host state. Never fails: whatever cannot be cleaned is logged.
+    pub async fn shutdown(&self) {
+        let vm_alive = self.vm.exited().borrow().is_none();
+        if vm_alive {
+            if let Err(e) = self.agent.destroy_sandbox().await {
+                warn!(self.log, "agent did not confirm sandbox teardown"; "error" => %e);
+            }
+        }
+        self.vm.stop(POWEROFF_GRACE).await;
+        if let Err(e) = self.dir.destroy() {
+            warn!(self.log, "cleaning up the pod directory"; "error" => %e);
+        }
+        info!(self.log, "pod stopped");
+    }
+}
+
+fn vm_spec(id: &str, dir: &PodDir, config: &Config) -> VmSpec {
+    let h = &config.hypervisor;
+    VmSpec {
+        name: id.chars().take(32).collect(),
+        kernel: h.kernel.clone(),
+        initrd: h.initrd.clone(),
+        kernel_params: format!(
+            "{}={} {}",
+            husk_protocol::LOG_LEVEL_CMDLINE_KEY,
+            config.agent.log_level,
+            h.kernel_params
+        ),
+        vcpus: h.vcpus,
+        memory_mib: h.memory_mib,
+        run_dir: dir.root().to_path_buf(),
+        vsock: VsockSpec {
+            guest_cid: GUEST_CID,
+            uds_path: dir.vsock_uds(),
+        },
+        shared_fs: SharedFsSpec {
+            tag: SHARED_FS_TAG.into(),
+            shared_dir: dir.shared(),
+            virtiofsd: config.virtiofs.virtiofsd_path.clone(),
+            cache: config.virtiofs.cache.clone(),
+        },
+    }
+}

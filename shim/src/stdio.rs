@@ -1,0 +1,326 @@
+//! Process stdio between containerd's fifos and the agent's per-stream vsock connections.
+//!
+//! Output: stream → fifo until the agent closes the stream (the process side hit EOF); the
+//! caller waits for that before it reports the exit, so nothing the process wrote is lost.
+//! If containerd's reader goes away the stream is still drained, so the guest never blocks
+//! on a dead reader. Input: fifo → stream until CloseIO, which first delivers what is still
+//! in the fifo, then half-closes the stream.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use husk_protocol::agent::Stdio;
+use husk_protocol::io_stream::{StreamHeader, StreamKind};
+use slog::{Logger, debug};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::pipe;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::agent::{Agent, AgentError};
+
+const COPY_BUFFER: usize = 64 * 1024;
+
+#[derive(Debug, Error)]
+pub enum StdioError {
+    #[error("opening fifo {path:?}: {source}")]
+    Fifo {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// The fifo paths containerd gave for a process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+impl StdioPaths {
+    /// Which streams the agent should expect; with a terminal, stderr is part of stdout.
+    pub fn for_agent(&self) -> Stdio {
+        let mut s = Stdio::new();
+        s.stdin = !self.stdin.is_empty();
+        s.stdout = !self.stdout.is_empty();
+        s.stderr = !self.stderr.is_empty() && !self.terminal;
+        s.terminal = self.terminal;
+        s
+    }
+}
+
+/// Copies one process's stdin fifo into its stream until closed.
+pub struct StdinPump {
+    close: Arc<Notify>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl StdinPump {
+    /// Delivers what is left in the stdin fifo, then ends the stream.
+    pub async fn close(mut self) {
+        self.close.notify_one();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for StdinPump {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Copies a process's stdout/stderr streams into their fifos.
+#[derive(Default)]
+pub struct OutputPumps {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl OutputPumps {
+    /// Resolves once every output stream has been copied to its fifo and closed.
+    pub async fn done(&mut self) {
+        for task in self.tasks.iter_mut() {
+            let _ = task.await;
+        }
+        self.tasks.clear();
+    }
+}
+
+impl Drop for OutputPumps {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The pumps of one process.
+pub struct ProcessIo {
+    pub stdin: Option<StdinPump>,
+    pub outputs: OutputPumps,
+}
+
+impl ProcessIo {
+    /// Opens the fifos and attaches every stream the agent will expect. Must complete
+    /// before the process is created in the guest.
+    pub async fn attach(
+        agent: &Agent,
+        container_id: &str,
+        exec_id: &str,
+        paths: &StdioPaths,
+        log: &Logger,
+    ) -> Result<Self, StdioError> {
+        let want = paths.for_agent();
+        let header = |kind| StreamHeader {
+            kind,
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+        };
+        let mut io = ProcessIo {
+            stdin: None,
+            outputs: OutputPumps::default(),
+        };
+        if want.stdin {
+            let fifo = open_input_fifo(&paths.stdin)?;
+            let stream = agent.open_stream(&header(StreamKind::Stdin)).await?;
+            let close = Arc::new(Notify::new());
+            let task = tokio::spawn(pump_input(fifo, stream, close.clone(), log.clone()));
+            io.stdin = Some(StdinPump {
+                close,
+                task: Some(task),
+            });
+        }
+        for (enabled, path, kind) in [
+            (want.stdout, &paths.stdout, StreamKind::Stdout),
+            (want.stderr, &paths.stderr, StreamKind::Stderr),
+        ] {
+            if !enabled {
+                continue;
+            }
+            let fifo = open_output_fifo(path)?;
+            let stream = agent.open_stream(&header(kind)).await?;
+            let log = log.new(slog::o!("stream" => format!("{kind:?}")));
+            io.outputs
+                .tasks
+                .push(tokio::spawn(pump_output(stream, fifo, log)));
+        }
+        Ok(io)
+    }
+}
+
+fn fifo_err(path: &str) -> impl FnOnce(std::io::Error) -> StdioError + '_ {
+    move |source| StdioError::Fifo {
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// Read-write so the fifo never reports EOF while containerd has not opened its end yet;
+/// the end of input is signalled by CloseIO instead.
+fn open_input_fifo(path: &str) -> Result<pipe::Receiver, StdioError> {
+    pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(path)
+        .map_err(fifo_err(path))
+}
+
+/// Write-only, so a vanished reader shows up as EPIPE. containerd opens its read end before
+/// it calls Create; holding a read end of our own for the open itself keeps the open from
+/// failing (ENXIO) should the reader be slow.
+fn open_output_fifo(path: &str) -> Result<pipe::Sender, StdioError> {
+    let _guard = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(Path::new(path))
+        .map_err(fifo_err(path))?;
+    pipe::OpenOptions::new()
+        .open_sender(path)
+        .map_err(fifo_err(path))
+}
+
+async fn pump_output(mut stream: UnixStream, mut fifo: pipe::Sender, log: Logger) {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut reader_gone = false;
+    let mut total: u64 = 0;
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                debug!(log, "output stream ended with an error"; "error" => %e);
+                break;
+            }
+        };
+        total += n as u64;
+        if !reader_gone {
+            if let Err(e) = fifo.write_all(&buf[..n]).await {
+                // Keep draining so the guest process is never blocked by a dead reader.
+                debug!(log, "fifo reader gone; discarding further output"; "error" => %e);
+                reader_gone = true;
+            }
+        }
+    }
+    debug!(log, "output stream complete"; "bytes" => total);
+}
+
+async fn pump_input(
+    mut fifo: pipe::Receiver,
+    mut stream: UnixStream,
+    close: Arc<Notify>,
+    log: Logger,
+) {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        tokio::select! {
+            r = fifo.read(&mut buf) => match r {
+                Ok(0) => break,
+                Ok(n) => if stream.write_all(&buf[..n]).await.is_err() { return },
+                Err(e) => { debug!(log, "stdin fifo read failed"; "error" => %e); break }
+            },
+            _ = close.notified() => {
+                // Deliver what the client wrote before it asked to close. A plain non-blocking
+                // read: tokio's try_read would trust stale readiness and report WouldBlock.
+                loop {
+                    match nix::unistd::read(fifo.as_raw_fd(), &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => if stream.write_all(&buf[..n]).await.is_err() { return },
+                    }
+                }
+                break;
+            }
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::stat::Mode;
+
+    fn log() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    #[test]
+    fn terminal_folds_stderr_into_stdout() {
+        let p = StdioPaths {
+            stdin: "i".into(),
+            stdout: "o".into(),
+            stderr: "e".into(),
+            terminal: true,
+        };
+        let s = p.for_agent();
+        assert!(s.stdin && s.stdout && !s.stderr && s.terminal);
+        let s = StdioPaths::default().for_agent();
+        assert!(!s.stdin && !s.stdout && !s.stderr);
+    }
+
+    #[tokio::test]
+    async fn output_is_copied_completely_then_closed() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("out");
+        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
+        let mut reader = pipe::OpenOptions::new().open_receiver(&path).unwrap();
+        let fifo = open_output_fifo(path.to_str().unwrap()).unwrap();
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        let pump = tokio::spawn(pump_output(host, fifo, log()));
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            guest.write_all(&data).await.unwrap();
+            guest.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        pump.await.unwrap();
+        assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn output_is_drained_after_reader_leaves() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("out");
+        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
+        let reader = pipe::OpenOptions::new().open_receiver(&path).unwrap();
+        let fifo = open_output_fifo(path.to_str().unwrap()).unwrap();
+        drop(reader);
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        let pump = tokio::spawn(pump_output(host, fifo, log()));
+        guest.write_all(&vec![7u8; 4 * COPY_BUFFER]).await.unwrap();
+        guest.shutdown().await.unwrap();
+        pump.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn close_delivers_pending_input_then_eof() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("in");
+        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
+        let fifo = open_input_fifo(path.to_str().unwrap()).unwrap();
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        let close = Arc::new(Notify::new());
+        let pump = tokio::spawn(pump_input(fifo, host, close.clone(), log()));
+        {
+            let mut w = pipe::OpenOptions::new().open_sender(&path).unwrap();
+            w.write_all(b"hello stdin").await.unwrap();
+        }
+        close.notify_one();
+        let mut got = Vec::new();
+        guest.read_to_end(&mut got).await.unwrap();
+        pump.await.unwrap();
+        assert_eq!(got, b"hello stdin");
+    }
+}

@@ -1,0 +1,237 @@
+//! Create: the first container of a pod boots the VM; every container gets its rootfs and
+//! bind mounts into the pod share, its stdio streams, and its guest container.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_shim_protos::api::CreateTaskRequest;
+use containerd_shim_protos::events::task::{TaskCreate, TaskIO};
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::topics::TASK_CREATE_EVENT_TOPIC;
+use oci_spec::runtime::Spec;
+use slog::{info, warn};
+
+use super::container::{CONTAINER_TYPE_ANNOTATION, Container};
+use super::error::{TaskError, TaskResult};
+use super::process::Process;
+use super::{PodSlot, Shim};
+use crate::config::Config;
+use crate::guest_spec::{self, HostBind};
+use crate::mounts::{self, MountSpec};
+use crate::pod::Pod;
+use crate::start::SANDBOX_ID_ANNOTATION;
+use crate::stdio::{ProcessIo, StdioPaths};
+
+impl Shim {
+    pub async fn create(self: &Arc<Self>, req: &CreateTaskRequest) -> TaskResult<u32> {
+        let id = req.id.as_str();
+        if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+            return Err(TaskError::InvalidArgument(format!(
+                "invalid container id {id:?}"
+            )));
+        }
+        if self.container(id).is_ok() {
+            return Err(TaskError::AlreadyExists(format!(
+                "container {id} already exists"
+            )));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(TaskError::Unimplemented(
+                "husk cannot restore from a checkpoint".into(),
+            ));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec =
+            guest_spec::load(&bundle).map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        let annotation = |k: &str| spec.annotations().as_ref().and_then(|a| a.get(k)).cloned();
+        let group = annotation(SANDBOX_ID_ANNOTATION)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| id.to_string());
+        let is_sandbox = annotation(CONTAINER_TYPE_ANNOTATION).as_deref() == Some("sandbox");
+
+        let guard = self.boot.lock().await;
+        let (pod, booted_here) = match self.pod_for(&group, req, &spec).await {
+            Ok(p) => p,
+            Err(e) => {
+                if self.container_count() == 0 {
+                    // Nothing to serve without a pod: exit after replying.
+                    if let Ok(mut slot) = self.pod.lock() {
+                        *slot = PodSlot::Gone;
+                    }
+                    self.request_exit();
+                }
+                return Err(e);
+            }
+        };
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let init = Arc::new(Process::new(id, "", stdio, Vec::new()));
+        let created = self.create_in_pod(&pod, &init, &bundle, req, spec).await;
+        if let Err(e) = created {
+            warn!(self.log, "create failed"; "container" => id, "error" => %e);
+            if booted_here {
+                // The pod exists only for this container: take it down and exit.
+                if let Ok(mut slot) = self.pod.lock() {
+                    *slot = PodSlot::Gone;
+                }
+                pod.shutdown().await;
+                self.request_exit();
+            }
+            return Err(e);
+        }
+        let container = Arc::new(Container::new(id, &req.bundle, init.clone(), is_sandbox));
+        if let Ok(mut c) = self.containers.lock() {
+            c.insert(id.to_string(), container);
+        }
+        drop(guard);
+
+        let mut ev = TaskCreate::new();
+        ev.container_id = id.to_string();
+        ev.bundle = req.bundle.clone();
+        ev.rootfs = req.rootfs.clone();
+        let mut io = TaskIO::new();
+        io.stdin = req.stdin.clone();
+        io.stdout = req.stdout.clone();
+        io.stderr = req.stderr.clone();
+        io.terminal = req.terminal;
+        ev.io = MessageField::some(io);
+        ev.pid = pod.vm.pid();
+        self.publisher
+            .publish(TASK_CREATE_EVENT_TOPIC, Box::new(ev))
+            .await;
+        self.spawn_exit_monitor(pod.clone(), init);
+        Ok(pod.vm.pid())
+    }
+
+    /// The running pod, or a newly booted one for the first container.
+    async fn pod_for(
+        self: &Arc<Self>,
+        group: &str,
+        req: &CreateTaskRequest,
+        spec: &Spec,
+    ) -> TaskResult<(Arc<Pod>, bool)> {
+        match self.pod.lock().map(|s| match &*s {
+            PodSlot::Running(p) => Ok(Some(p.clone())),
+            PodSlot::Empty => Ok(None),
+            PodSlot::Gone => Err(()),
+        }) {
+            Ok(Ok(Some(pod))) if pod.id == group => return Ok((pod, false)),
+            Ok(Ok(Some(pod))) => {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "container {} belongs to pod {group}, but this shim serves pod {}",
+                    req.id, pod.id
+                )));
+            }
+            Ok(Ok(None)) => {}
+            _ => {
+                return Err(TaskError::FailedPrecondition(
+                    "this shim is shutting down".into(),
+                ));
+            }
+        }
+        let explicit = crate::runtime_options::config_path(req.options.as_ref());
+        let (config, path) = Config::resolve(explicit.as_deref().map(Path::new))
+            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        info!(self.log, "booting pod VM"; "sandbox" => group, "config" => %path.display());
+        let hostname = spec
+            .hostname()
+            .clone()
+            .unwrap_or_else(|| group.chars().take(12).collect());
+        let pod = Pod::boot(group, &hostname, &config, self.socket.clone(), &self.log)
+            .await
+            .map_err(|e| TaskError::FailedPrecondition(format!("starting the pod VM: {e}")))?;
+        let pod = Arc::new(pod);
+        if let Ok(mut slot) = self.pod.lock() {
+            *slot = PodSlot::Running(pod.clone());
+        }
+        self.spawn_vm_watchdog(pod.clone());
+        Ok((pod, true))
+    }
+
+    async fn create_in_pod(
+        &self,
+        pod: &Pod,
+        init: &Arc<Process>,
+        bundle: &Path,
+        req: &CreateTaskRequest,
+        spec: Spec,
+    ) -> TaskResult<()> {
+        let id = init.container_id.as_str();
+        let host_root = spec.root().as_ref().map(|r| bundle.join(r.path()));
+        let (guest_json, binds) = guest_spec::for_guest(spec, id, self.sandbox_guest_pid())
+            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        let result = async {
+            // Lets `delete` find the pod should this shim die.
+            std::fs::write(
+                bundle.join(crate::cleanup::POD_DIR_FILE),
+                pod.dir.root().as_os_str().as_encoded_bytes(),
+            )
+            .map_err(|e| TaskError::internal("recording the pod directory in the bundle", e))?;
+            self.prepare_files(pod, id, req, host_root.as_deref(), &binds)?;
+            let io = ProcessIo::attach(&pod.agent, id, "", &init.stdio, &self.log)
+                .await
+                .map_err(|e| TaskError::internal("attaching stdio", e))?;
+            let pid = pod
+                .agent
+                .create_container(id, guest_json, init.stdio.for_agent())
+                .await?;
+            init.set_guest_pid(pid);
+            init.set_io(io);
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = pod.agent.remove_container(id).await;
+            if let Err(e) = pod.dir.remove_container(id) {
+                warn!(self.log, "cleaning up container files"; "container" => id, "error" => %e);
+            }
+        }
+        result
+    }
+
+    /// Mounts the rootfs and the bind-mount sources into the container's share directory.
+    fn prepare_files(
+        &self,
+        pod: &Pod,
+        id: &str,
+        req: &CreateTaskRequest,
+        host_root: Option<&Path>,
+        binds: &[HostBind],
+    ) -> TaskResult<()> {
+        let rootfs = pod.dir.rootfs(id);
+        std::fs::create_dir_all(&rootfs)
+            .map_err(|e| TaskError::internal(&format!("creating {rootfs:?}"), e))?;
+        if req.rootfs.is_empty() {
+            let source = host_root.ok_or_else(|| {
+                TaskError::InvalidArgument("no rootfs mounts and no root.path".into())
+            })?;
+            mounts::bind(source, &rootfs, false, true)
+                .map_err(|e| TaskError::internal("mounting rootfs", e))?;
+        } else {
+            for m in &req.rootfs {
+                let spec = MountSpec {
+                    fstype: m.type_.clone(),
+                    source: m.source.clone(),
+                    options: m.options.clone(),
+                };
+                mounts::mount_one(&spec, &rootfs)
+                    .map_err(|e| TaskError::internal("mounting rootfs", e))?;
+            }
+        }
+        let container_dir = pod.dir.container(id);
+        for b in binds {
+            mounts::bind(
+                &b.source,
+                &container_dir.join(&b.relative_target),
+                b.readonly,
+                b.recursive,
+            )
+            .map_err(|e| TaskError::internal("sharing a bind mount with the guest", e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! The containerd Task API (v2, also served as v3) over one pod.
+//!
+//! `Shim` holds the pod and its containers; `create`, `lifecycle`, `exec` and `monitor`
+//! implement the operations; `service` maps the ttrpc trait onto them.
+
+mod container;
+mod create;
+mod error;
+mod exec;
+mod lifecycle;
+mod monitor;
+mod process;
+mod service;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use slog::Logger;
+use tokio::sync::watch;
+
+use crate::events::Publisher;
+use crate::pod::Pod;
+pub use container::Container;
+pub use error::{TaskError, TaskResult};
+pub use process::{Process, Status};
+pub use service::task_services;
+
+/// Whether this shim still has (or may still get) a pod.
+enum PodSlot {
+    Empty,
+    Running(Arc<Pod>),
+    /// Torn down: the shim is exiting and takes no new containers.
+    Gone,
+}
+
+pub struct Shim {
+    pub namespace: String,
+    pub log: Logger,
+    pub publisher: Publisher,
+    /// The socket containerd reaches this shim on (recorded for crash cleanup).
+    pub socket: PathBuf,
+    pod: Mutex<PodSlot>,
+    /// Serializes pod boot and teardown.
+    boot: tokio::sync::Mutex<()>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    exit: watch::Sender<bool>,
+}
+
+impl Shim {
+    pub fn new(namespace: String, socket: PathBuf, publisher: Publisher, log: Logger) -> Arc<Self> {
+        Arc::new(Self {
+            namespace,
+            log,
+            publisher,
+            socket,
+            pod: Mutex::new(PodSlot::Empty),
+            boot: tokio::sync::Mutex::new(()),
+            containers: Mutex::new(HashMap::new()),
+            exit: watch::channel(false).0,
+        })
+    }
+
+    /// Becomes true when the shim should exit (last container deleted, Create of the first
+    /// container failed, or Shutdown with nothing left).
+    pub fn exit_requested(&self) -> watch::Receiver<bool> {
+        self.exit.subscribe()
+    }
+
+    fn request_exit(&self) {
+        // send_replace: stored even while nobody is subscribed yet.
+        self.exit.send_replace(true);
+    }
+
+    fn pod(&self) -> Option<Arc<Pod>> {
+        match &*self.pod.lock().ok()? {
+            PodSlot::Running(p) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    fn require_pod(&self) -> TaskResult<Arc<Pod>> {
+        self.pod()
+            .ok_or_else(|| TaskError::FailedPrecondition("the pod VM is not running".into()))
+    }
+
+    fn container(&self, id: &str) -> TaskResult<Arc<Container>> {
+        self.containers
+            .lock()
+            .map_err(|_| TaskError::Internal("container table poisoned".into()))?
+            .get(id)
+            .cloned()
+            .ok_or_else(|| TaskError::NotFound(format!("container {id} not found")))
+    }
+
+    fn container_count(&self) -> usize {
+        self.containers.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    fn sandbox_guest_pid(&self) -> Option<u32> {
+        let containers = self.containers.lock().ok()?;
+        containers
+            .values()
+            .find(|c| c.is_sandbox)
+            .map(|c| c.init.guest_pid())
+            .filter(|p| *p != 0)
+    }
+
+    /// Tears the pod down if it is empty, and asks the shim to exit.
+    async fn shutdown_if_empty(&self) {
+        let _guard = self.boot.lock().await;
+        if self.container_count() > 0 {
+            return;
+        }
+        let pod = match self.pod.lock() {
+            Ok(mut slot) => match std::mem::replace(&mut *slot, PodSlot::Gone) {
+                PodSlot::Running(p) => Some(p),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        if let Some(pod) = pod {
+            pod.shutdown().await;
+        }
+        self.request_exit();
+    }
+
+    /// Host pid of the VMM, or 0 before the pod boots.
+    pub fn vmm_pid(&self) -> u32 {
+        self.pod().map(|p| p.vm.pid()).unwrap_or(0)
+    }
+
+    /// Shutdown RPC: exit if nothing is left to serve.
+    pub async fn shutdown_if_idle(&self) {
+        if self.container_count() == 0 {
+            self.shutdown_if_empty().await;
+        }
+    }
+
+    /// Stops everything (SIGTERM to the shim): pod down, then exit.
+    pub async fn shutdown_all(&self) {
+        if let Ok(mut c) = self.containers.lock() {
+            c.clear();
+        }
+        self.shutdown_if_empty().await;
+    }
+}

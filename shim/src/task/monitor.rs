@@ -1,0 +1,95 @@
+//! Exit reporting. One monitor per process waits for the agent to report the exit, then for
+//! the process's output to be fully copied, and only then publishes TaskExit — so a client
+//! that reacts to the exit has all the output. A watchdog per pod reports every process as
+//! exited when the VM dies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_shim_protos::events::task::TaskExit;
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::topics::TASK_EXIT_EVENT_TOPIC;
+use slog::{info, warn};
+
+use super::Shim;
+use super::process::Process;
+use crate::events::now;
+use crate::pod::Pod;
+
+/// After an exit, how long output may keep flowing (a forked child can hold the pipe).
+const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(60);
+/// Reported for processes whose VM died under them (like a SIGKILL'd process: 128 + 9).
+pub const VM_DIED_EXIT_STATUS: u32 = 137;
+
+impl Shim {
+    pub(super) fn spawn_exit_monitor(self: &Arc<Self>, pod: Arc<Pod>, process: Arc<Process>) {
+        let shim = self.clone();
+        tokio::spawn(async move {
+            let status = match pod
+                .agent
+                .wait_process(&process.container_id, &process.exec_id)
+                .await
+            {
+                Ok(code) => u32::try_from(code).unwrap_or(255),
+                Err(e) => {
+                    warn!(shim.log, "lost track of a process"; "container" => &process.container_id,
+                          "exec" => &process.exec_id, "error" => %e);
+                    VM_DIED_EXIT_STATUS
+                }
+            };
+            if let Some(mut outputs) = process.take_outputs() {
+                if tokio::time::timeout(OUTPUT_DRAIN_LIMIT, outputs.done())
+                    .await
+                    .is_err()
+                {
+                    warn!(shim.log, "output still open long after exit; closing it"; "container" => &process.container_id,
+                          "exec" => &process.exec_id);
+                }
+            }
+            drop(process.take_stdin());
+            shim.finish(&process, status).await;
+        });
+    }
+
+    /// Marks the process stopped and publishes TaskExit, once.
+    pub(super) async fn finish(&self, process: &Process, status: u32) {
+        let at = now();
+        if !process.set_stopped(status, at.clone()) {
+            return;
+        }
+        let mut ev = TaskExit::new();
+        ev.container_id = process.container_id.clone();
+        ev.id = process.event_id().to_string();
+        ev.pid = process.guest_pid();
+        ev.exit_status = status;
+        ev.exited_at = MessageField::some(at);
+        self.publisher
+            .publish(TASK_EXIT_EVENT_TOPIC, Box::new(ev))
+            .await;
+    }
+
+    pub(super) fn spawn_vm_watchdog(self: &Arc<Self>, pod: Arc<Pod>) {
+        let shim = self.clone();
+        let mut exited = pod.vm.exited();
+        tokio::spawn(async move {
+            let Ok(exit) = exited.wait_for(Option::is_some).await.map(|e| e.clone()) else {
+                return;
+            };
+            let Some(exit) = exit else { return };
+            if exit.requested {
+                return;
+            }
+            warn!(shim.log, "pod VM ended unexpectedly"; "sandbox" => &pod.id, "how" => &exit.description,
+                  "diagnostics" => pod.vm.diagnostics());
+            let processes: Vec<Arc<Process>> = match shim.containers.lock() {
+                Ok(c) => c.values().flat_map(|c| c.all_processes()).collect(),
+                Err(_) => Vec::new(),
+            };
+            for p in processes {
+                p.abort_io();
+                shim.finish(&p, VM_DIED_EXIT_STATUS).await;
+            }
+            info!(shim.log, "all processes of the dead VM reported exited");
+        });
+    }
+}

@@ -1,0 +1,35 @@
+//! husk's integration-test harness.
+//!
+//! Each test gets a [`TestBed`]: a private containerd (own root, state, socket and
+//! config in a per-test directory), the offline busybox image imported into namespace
+//! `husk-test`, a [`Ctr`] with deadlines, and a leak checker that attributes processes,
+//! mounts and runtime files to the test even when two tests run at once (see
+//! [`leaks`]). The husk tests need the build artifacts: `cargo xtask test` builds them
+//! and passes their directory as `HUSK_ARTIFACTS`.
+//!
+//! The helpers ([`cmd::Cmd`], [`Containerd`], [`BusyboxImage`], [`HuskConfig`]) are
+//! also what `cargo xtask` uses for `demo` and `build`.
+
+pub mod artifacts;
+pub mod cmd;
+pub mod containerd;
+pub mod ctr;
+pub mod faults;
+pub mod husk_config;
+pub mod image;
+pub mod kernel_release;
+pub mod leaks;
+pub mod mounts;
+pub mod procfs;
+pub mod scope;
+pub mod testbed;
+
+pub use artifacts::{ARTIFACTS_ENV, Artifacts, HUSK_RUNTIME, RUNC_RUNTIME, SHIM_BINARY};
+pub use cmd::{Cmd, CmdError, Output};
+pub use containerd::{Containerd, ContainerdOptions};
+pub use ctr::Ctr;
+pub use husk_config::{Backend, HuskConfig};
+pub use image::{BusyboxImage, IMAGE_REF};
+pub use leaks::{LeakReport, LeakScope};
+pub use scope::TestScope;
+pub use testbed::{Runtime, TEST_NAMESPACE, TestBed, TestBedError};

@@ -1,0 +1,92 @@
+//! `cargo xtask demo`: from a fresh machine to a container in a husk VM, printing what
+//! happened and tearing everything down.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use husk_tests::{
+    BusyboxImage, Cmd, Containerd, ContainerdOptions, Ctr, HUSK_RUNTIME, LeakScope, TestScope,
+};
+
+use super::build;
+use crate::ui::{note, step};
+use crate::workspace::Workspace;
+
+const NAMESPACE: &str = "husk-demo";
+const CONTAINER_ID: &str = "demo";
+/// First boot under TCG plus image unpacking, with room for a busy machine.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Builds, starts a private containerd, runs `uname -a` in a husk VM next to the host's.
+pub fn run(ws: &Workspace) -> Result<()> {
+    let artifacts = build::run(ws)?;
+    let mut scope = TestScope::new("demo").context("creating the demo directory")?;
+    step(format!(
+        "starting a private containerd in {}",
+        scope.dir().display()
+    ));
+    let mut containerd = Containerd::start(
+        &scope,
+        &ContainerdOptions {
+            shim_dir: Some(artifacts.dir().to_owned()),
+            husk_config: Some(artifacts.config()),
+            ..ContainerdOptions::default()
+        },
+    )?;
+    let leftovers = LeakScope::new(scope.tag(), NAMESPACE, containerd.address(), 0);
+
+    let result = demo(ws, &containerd);
+
+    step("tearing down");
+    // Read the log before its directory goes away.
+    let log_tail = result.is_err().then(|| containerd.log_tail());
+    containerd.stop()?;
+    let killed = leftovers.kill_attributed();
+    if !killed.is_empty() {
+        note(format!("killed {} leftover process(es):", killed.len()));
+        for p in &killed {
+            note(format!("  {p}"));
+        }
+    }
+    scope.cleanup()?;
+    if let Some(tail) = log_tail {
+        note(format!("containerd log (end):\n{tail}"));
+    }
+    result
+}
+
+fn demo(ws: &Workspace, containerd: &Containerd) -> Result<()> {
+    step("building (or reusing) the offline busybox image");
+    let image = BusyboxImage::ensure(&ws.cache)?;
+    let ctr = Ctr::new(containerd.address(), NAMESPACE, RUN_TIMEOUT);
+    ctr.import(&image.archive, &image.reference)?;
+
+    let args = [
+        "run",
+        "--rm",
+        "--runtime",
+        HUSK_RUNTIME,
+        &image.reference,
+        CONTAINER_ID,
+        "uname",
+        "-a",
+    ];
+    step(format!("ctr {}", args.join(" ")));
+    let start = Instant::now();
+    let out = ctr.run(args)?;
+    let took = start.elapsed();
+    let host = Cmd::new("uname").arg("-a").checked()?.stdout_text();
+    if !out.status.success() {
+        bail!(
+            "the container failed ({}) after {took:.2?}:\n{}",
+            out.status,
+            out.stderr_text().trim_end()
+        );
+    }
+    println!();
+    println!("  host  : {}", host.trim());
+    println!("  guest : {}", out.stdout_text().trim());
+    println!("  time  : {took:.2?} for `ctr run --rm` (VM boot, container start, exit, teardown)");
+    println!();
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! `cargo xtask initramfs`: a static `husk-agent` as `/init` of `target/husk/initrd.img`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use husk_rootfs::{Initramfs, ensure_static_elf};
+
+use crate::ui::{note, step};
+use crate::workspace::Workspace;
+
+/// The guest is x86-64 Linux with glibc linked in statically.
+const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+const AGENT_BUILD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+/// Builds the agent (unless `agent` names a prebuilt one) and writes the initramfs;
+/// returns its path.
+pub fn run(ws: &Workspace, agent: Option<&Path>) -> Result<PathBuf> {
+    let agent = match agent {
+        Some(path) => path.to_owned(),
+        None => build_agent(ws)?,
+    };
+    let bytes =
+        std::fs::read(&agent).with_context(|| format!("reading the agent {}", agent.display()))?;
+    ensure_static_elf(&bytes)
+        .with_context(|| format!("{} cannot be the guest's /init", agent.display()))?;
+    std::fs::create_dir_all(&ws.artifacts_dir)
+        .with_context(|| format!("creating {}", ws.artifacts_dir.display()))?;
+    let out = ws.artifacts_dir.join("initrd.img");
+    step(format!(
+        "writing {} (/init = {})",
+        out.display(),
+        agent.display()
+    ));
+    Initramfs::with_init(bytes).write_file(&out)?;
+    note(format!(
+        "{} bytes",
+        std::fs::metadata(&out).map(|m| m.len()).unwrap_or_default()
+    ));
+    Ok(out)
+}
+
+/// `cargo build --release -p husk-agent --target x86_64-unknown-linux-gnu`, statically.
+/// With an explicit `--target`, RUSTFLAGS only reach target artifacts, so build scripts
+/// and proc macros stay dynamic and shared with other builds.
+fn build_agent(ws: &Workspace) -> Result<PathBuf> {
+    step(format!(
+        "building husk-agent statically: cargo build --release -p husk-agent --target {GUEST_TARGET}"
+    ));
+    ws.cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "husk-agent",
+            "--target",
+            GUEST_TARGET,
+        ])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("LIBSECCOMP_LINK_TYPE", "static")
+        .env("LIBSECCOMP_LIB_PATH", "/usr/lib/x86_64-linux-gnu")
+        .timeout(AGENT_BUILD_TIMEOUT)
+        .run_inherit()
+        .context("building husk-agent")?;
+    let bin = ws
+        .target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join("husk-agent");
+    if !bin.is_file() {
+        bail!(
+            "cargo built package husk-agent but {} does not exist: the package needs a binary \
+             target named `husk-agent` (agent/src/main.rs)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
