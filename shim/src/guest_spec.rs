@@ -62,6 +62,12 @@ pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(invalid("\"process.args\" is empty: nothing to run"));
     }
+    if !process.cwd().is_absolute() {
+        return Err(invalid(&format!(
+            "\"process.cwd\" {:?} must be an absolute path",
+            process.cwd()
+        )));
+    }
     if spec.root().is_none() {
         return Err(invalid("it has no \"root\""));
     }
@@ -285,6 +291,13 @@ mod tests {
         );
         let err = load(d.path()).unwrap_err().to_string();
         assert!(err.contains("process.args"), "{err}");
+        let d = write_bundle(&json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+            "process": {"cwd": "rel", "args": ["sh"], "user": {"uid": 0, "gid": 0}}}));
+        let err = load(d.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("process.cwd") && err.contains("absolute"),
+            "{err}"
+        );
         let d = tempfile::tempdir().unwrap();
         assert!(load(d.path()).unwrap_err().to_string().contains("reading"));
     }

@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod config;
 pub mod events;
 pub mod guest_spec;
+pub mod isolation;
 pub mod logger;
 pub mod mounts;
 pub mod pod;

@@ -1,6 +1,5 @@
 //! A pod: its VM, the agent inside, and its host directory. One per shim.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use husk_hypervisor::{HostProbe, SharedFsSpec, VmHandle, VmSpec, VsockSpec, spec::GUEST_CID};
@@ -10,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::agent::{Agent, AgentError};
 use crate::config::Config;
-use crate::pod_dir::{PodDir, PodDirError, PodRecord};
+use crate::pod_dir::{PodDir, PodDirError};
 
 /// virtio-fs tag of the pod share, mounted by the agent at `SHARED_DIR_GUEST`.
 pub const SHARED_FS_TAG: &str = "husk";
@@ -45,7 +44,6 @@ impl Pod {
         id: &str,
         hostname: &str,
         config: &Config,
-        shim_socket: PathBuf,
         log: &Logger,
     ) -> Result<Self, PodError> {
         let log = log.new(slog::o!("sandbox" => id.to_string()));
@@ -65,14 +63,6 @@ impl Pod {
                 return Err(e.into());
             }
         };
-        let record = PodRecord {
-            sandbox_id: id.to_string(),
-            processes: vm.processes(),
-            shim_socket,
-        };
-        if let Err(e) = dir.write_record(&record) {
-            warn!(log, "could not record pod processes for crash cleanup"; "error" => %e);
-        }
         let deadline = Instant::now() + config.connect_timeout();
         let connected = Agent::connect(
             &dir.vsock_uds(),

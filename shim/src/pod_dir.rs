@@ -1,18 +1,19 @@
-//! A pod's host state directory, `<state_dir>/<sandbox id>/`:
+//! A pod's host state directory, `<state_dir>/<sandbox id>/`, on a tmpfs mounted over
+//! `<state_dir>` in the shim's private mount namespace (see `isolation`): only the shim,
+//! its VMM and virtiofsd see it, and it vanishes with them.
 //!
 //! ```text
 //! shared/                 virtio-fs export (a shared-propagation mount of its own)
 //!   <container id>/rootfs   the container's rootfs, mounted here on the host
 //!   <container id>/mounts/  bind-mount sources shared with the guest
 //! vsock.sock, vsock.sock_<port>, vhost-vsock.sock, virtiofsd.sock
-//! pod.json                what `delete` needs to clean up after a dead shim
 //! ```
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use husk_protocol::ROOTFS_DIR;
-use serde::{Deserialize, Serialize};
+use nix::mount::{MsFlags, mount};
 use thiserror::Error;
 
 use crate::mounts::{self, MountError};
@@ -20,6 +21,8 @@ use crate::mounts::{self, MountError};
 /// Unix socket paths must fit in `sun_path`, including the `_<port>` suffix of guest→host
 /// connections.
 const MAX_SOCKET_PATH: usize = 100;
+/// The state tmpfs holds sockets, empty mount points and little else.
+const STATE_TMPFS_OPTIONS: &str = "mode=0700,size=4m,nr_inodes=4096";
 
 #[derive(Debug, Error)]
 pub enum PodDirError {
@@ -34,21 +37,8 @@ pub enum PodDirError {
     PathTooLong { path: PathBuf },
     #[error(transparent)]
     Mount(#[from] MountError),
-    #[error("writing {path:?}: {source}")]
-    Record {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-/// What a later `delete` needs to find and stop a crashed pod's processes.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PodRecord {
-    pub sandbox_id: String,
-    /// `(role, pid)` of the VMM and its helpers.
-    pub processes: Vec<(String, u32)>,
-    /// The shim's ttrpc socket.
-    pub shim_socket: PathBuf,
+    #[error("mounting the pod state tmpfs on {path:?}: {errno}")]
+    StateTmpfs { path: PathBuf, errno: nix::Error },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,21 +73,15 @@ impl PodDir {
         self.root.join("vsock.sock")
     }
 
-    fn record_path(&self) -> PathBuf {
-        self.root.join("pod.json")
-    }
-
-    /// Creates the directory and the shared mount. A leftover from a crashed pod of the same
-    /// id is cleaned up first.
+    /// Mounts a fresh state tmpfs over the state directory (in the shim's own mount
+    /// namespace), then creates the pod directory and the shared mount in it.
     pub fn create(&self) -> Result<(), PodDirError> {
         if self.vsock_uds().as_os_str().len() + "_4294967295".len() > MAX_SOCKET_PATH {
             return Err(PodDirError::PathTooLong {
                 path: self.root.clone(),
             });
         }
-        if self.root.exists() {
-            self.destroy()?;
-        }
+        let state_dir = self.root.parent().unwrap_or(Path::new("/"));
         let create = |p: &Path| {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -108,20 +92,22 @@ impl PodDir {
                     source,
                 })
         };
+        create(state_dir)?;
+        mount(
+            Some("husk-state"),
+            state_dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(STATE_TMPFS_OPTIONS),
+        )
+        .map_err(|errno| PodDirError::StateTmpfs {
+            path: state_dir.to_path_buf(),
+            errno,
+        })?;
         create(&self.root)?;
         create(&self.shared())?;
         mounts::make_shared_mountpoint(&self.shared())?;
         Ok(())
-    }
-
-    pub fn write_record(&self, record: &PodRecord) -> Result<(), PodDirError> {
-        let path = self.record_path();
-        let text = serde_json::to_vec(record).unwrap_or_default();
-        std::fs::write(&path, text).map_err(|source| PodDirError::Record { path, source })
-    }
-
-    pub fn read_record(&self) -> Option<PodRecord> {
-        serde_json::from_slice(&std::fs::read(self.record_path()).ok()?).ok()
     }
 
     /// Unmounts everything a container had in the share and removes its directory.
@@ -184,19 +170,5 @@ mod tests {
         let long = "x".repeat(120);
         let d = PodDir::new(Path::new("/run/husk"), &long);
         assert!(matches!(d.create(), Err(PodDirError::PathTooLong { .. })));
-    }
-
-    #[test]
-    fn record_round_trips() {
-        let t = tempfile::tempdir().unwrap();
-        let d = PodDir::new(t.path(), "p");
-        std::fs::create_dir_all(d.root()).unwrap();
-        let r = PodRecord {
-            sandbox_id: "p".into(),
-            processes: vec![("qemu".into(), 42)],
-            shim_socket: "/s".into(),
-        };
-        d.write_record(&r).unwrap();
-        assert_eq!(d.read_record(), Some(r));
     }
 }

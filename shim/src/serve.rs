@@ -11,6 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args::Args;
 use crate::events::Publisher;
+use crate::isolation;
 use crate::task::{Shim, task_services};
 
 /// containerd passes the listening socket as fd 3.
@@ -23,22 +24,6 @@ const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(500);
 pub fn run(args: &Args) -> Result<()> {
     let bundle = std::env::current_dir().context("reading the bundle directory (cwd)")?;
     let log = crate::logger::daemon_logger(&bundle, args.debug);
-    // One thread: the shim is mostly idle, and child processes must be spawned from a thread
-    // that lives as long as they do (their parent-death signal is tied to it).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let result = runtime.block_on(serve(args, log.clone()));
-    // Don't wait for stray blocking work (a stuck fifo open, say): the pod is already down.
-    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
-    if let Err(e) = &result {
-        warn!(log, "shim failed"; "error" => format!("{e:#}"));
-    }
-    result
-}
-
-async fn serve(args: &Args, log: Logger) -> Result<()> {
     // SAFETY: fd 3 is the listening socket `start` handed over; nothing else in this process
     // owns or closes it.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
@@ -47,6 +32,30 @@ async fn serve(args: &Args, log: Logger) -> Result<()> {
         .ok()
         .and_then(|a| a.as_pathname().map(PathBuf::from))
         .unwrap_or_default();
+    // Both need a single-threaded process: before the runtime starts.
+    let _guard = isolation::spawn_socket_guard(&socket).context("starting the socket guard")?;
+    isolation::enter_private_mount_namespace().context("isolating the pod's mounts")?;
+    // One thread: the shim is mostly idle, and child processes must be spawned from a thread
+    // that lives as long as they do (their parent-death signal is tied to it).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(serve(args, std_listener, socket, log.clone()));
+    // Don't wait for stray blocking work (a stuck fifo open, say): the pod is already down.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    if let Err(e) = &result {
+        warn!(log, "shim failed"; "error" => format!("{e:#}"));
+    }
+    result
+}
+
+async fn serve(
+    args: &Args,
+    std_listener: std::os::unix::net::UnixListener,
+    socket: PathBuf,
+    log: Logger,
+) -> Result<()> {
     let listener = ttrpc::asynchronous::transport::Listener::try_from(std_listener)
         .context("using the inherited shim socket (fd 3)")?;
     let (publisher, publisher_task) = Publisher::spawn(

@@ -29,7 +29,7 @@ use crate::scope::{ScopeError, TestScope};
 /// The containerd namespace ctr tests use (CRI uses `k8s.io`).
 pub const TEST_NAMESPACE: &str = "husk-test";
 /// After the test body, how long shims and VMs get to go away.
-const LEAK_GRACE: Duration = Duration::from_secs(15);
+const LEAK_GRACE: Duration = Duration::from_secs(3);
 
 /// Errors setting up or finishing a test bed.
 #[derive(Debug, thiserror::Error)]

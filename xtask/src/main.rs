@@ -46,6 +46,8 @@ enum Command {
     Install,
     /// Build, start a private containerd and run `uname -a` in a husk VM.
     Demo,
+    /// Build, then measure start-up time and pod memory; writes BENCHMARKS.md.
+    Bench,
     /// Build, then run fmt, clippy and all unit and integration tests.
     Test {
         /// Extra arguments for `cargo nextest run` (e.g. a filter expression).
@@ -63,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build => commands::build::run(&ws).map(|_| ()),
         Command::Install => commands::install::run(&ws),
         Command::Demo => commands::demo::run(&ws),
+        Command::Bench => commands::bench::run(&ws),
         Command::Test { nextest_args } => commands::test::run(&ws, &nextest_args),
     }
 }

@@ -141,7 +141,7 @@ impl Shim {
             .hostname()
             .clone()
             .unwrap_or_else(|| group.chars().take(12).collect());
-        let pod = Pod::boot(group, &hostname, &config, self.socket.clone(), &self.log)
+        let pod = Pod::boot(group, &hostname, &config, &self.log)
             .await
             .map_err(|e| TaskError::FailedPrecondition(format!("starting the pod VM: {e}")))?;
         let pod = Arc::new(pod);
@@ -165,12 +165,6 @@ impl Shim {
         let (guest_json, binds) = guest_spec::for_guest(spec, id, self.sandbox_guest_pid())
             .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         let result = async {
-            // Lets `delete` find the pod should this shim die.
-            std::fs::write(
-                bundle.join(crate::cleanup::POD_DIR_FILE),
-                pod.dir.root().as_os_str().as_encoded_bytes(),
-            )
-            .map_err(|e| TaskError::internal("recording the pod directory in the bundle", e))?;
             self.prepare_files(pod, id, req, host_root.as_deref(), &binds)?;
             let io = ProcessIo::attach(&pod.agent, id, "", &init.stdio, &self.log)
                 .await

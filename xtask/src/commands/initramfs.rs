@@ -40,17 +40,23 @@ pub fn run(ws: &Workspace, agent: Option<&Path>) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// `cargo build --release -p husk-agent --target x86_64-unknown-linux-gnu`, statically.
+/// `cargo build --profile guest -p husk-agent --target x86_64-unknown-linux-gnu`, statically.
+/// The `guest` profile (workspace Cargo.toml) optimizes for size: every byte of the agent
+/// stays resident in every pod VM.
 /// With an explicit `--target`, RUSTFLAGS only reach target artifacts, so build scripts
+/// Cargo profile of the guest agent build.
+const GUEST_PROFILE: &str = "guest";
+
 /// and proc macros stay dynamic and shared with other builds.
 fn build_agent(ws: &Workspace) -> Result<PathBuf> {
     step(format!(
-        "building husk-agent statically: cargo build --release -p husk-agent --target {GUEST_TARGET}"
+        "building husk-agent statically: cargo build --profile {GUEST_PROFILE} -p husk-agent --target {GUEST_TARGET}"
     ));
     ws.cargo()
         .args([
             "build",
-            "--release",
+            "--profile",
+            GUEST_PROFILE,
             "-p",
             "husk-agent",
             "--target",
@@ -66,7 +72,7 @@ fn build_agent(ws: &Workspace) -> Result<PathBuf> {
     let bin = ws
         .target_dir
         .join(GUEST_TARGET)
-        .join("release")
+        .join(GUEST_PROFILE)
         .join("husk-agent");
     if !bin.is_file() {
         bail!(

@@ -1,0 +1,349 @@
+//! `cargo xtask bench`: husk's speed and memory numbers, measured on this machine in one run
+//! and written to BENCHMARKS.md with the method used.
+//!
+//! - `ctr run` to the container's first output byte, husk next to runc;
+//! - a bare QEMU boot of the same kernel and initramfs to the agent's first console line
+//!   (the floor husk's start-up time sits on);
+//! - host memory (PSS, so shared pages are split fairly) of one idle pod: shim + VMM +
+//!   virtiofsd.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use husk_tests::procfs::snapshot;
+use husk_tests::{
+    Artifacts, BusyboxImage, Containerd, ContainerdOptions, Ctr, HUSK_RUNTIME, LeakScope,
+    RUNC_RUNTIME, TestScope,
+};
+
+use super::build;
+use crate::ui::{note, step};
+use crate::workspace::Workspace;
+
+const NAMESPACE: &str = "husk-bench";
+const RUNS: usize = 5;
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// The agent's first console line.
+const AGENT_MARKER: &str = "agent starting";
+/// How long an idle pod settles before its memory is read.
+const SETTLE: Duration = Duration::from_secs(3);
+
+pub fn run(ws: &Workspace) -> Result<()> {
+    let artifacts = build::run(ws)?;
+    let mut scope = TestScope::new("bench").context("creating the bench directory")?;
+    let mut containerd = Containerd::start(
+        &scope,
+        &ContainerdOptions {
+            shim_dir: Some(artifacts.dir().to_owned()),
+            husk_config: Some(artifacts.config()),
+            ..ContainerdOptions::default()
+        },
+    )?;
+    let leftovers = LeakScope::new(scope.tag(), NAMESPACE, containerd.address(), 0);
+    let result = measure(ws, &artifacts, &containerd, &scope);
+    containerd.stop()?;
+    for p in leftovers.kill_attributed() {
+        note(format!("killed leftover {p}"));
+    }
+    scope.cleanup()?;
+    let report = result?;
+    let path = ws.root.join("BENCHMARKS.md");
+    std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    println!("{report}");
+    step(format!("wrote {}", path.display()));
+    Ok(())
+}
+
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn row(&self, what: &str) -> String {
+        let mut v = self.0.clone();
+        v.sort();
+        let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+        let median = v.get(v.len() / 2).map(ms).unwrap_or_default();
+        let (min, max) = (
+            v.first().map(ms).unwrap_or_default(),
+            v.last().map(ms).unwrap_or_default(),
+        );
+        format!(
+            "| {what} | {median:.0} ms | {min:.0}–{max:.0} ms | {} |\n",
+            v.len()
+        )
+    }
+}
+
+fn measure(
+    ws: &Workspace,
+    artifacts: &Artifacts,
+    containerd: &Containerd,
+    scope: &TestScope,
+) -> Result<String> {
+    let image = BusyboxImage::ensure(&ws.cache)?;
+    let ctr = Ctr::new(containerd.address(), NAMESPACE, RUN_TIMEOUT);
+    ctr.import(&image.archive, &image.reference)?;
+
+    step("bare QEMU boot of the husk kernel + initramfs to the agent's first line");
+    let bare = Samples(
+        (0..RUNS)
+            .map(|_| bare_boot(artifacts))
+            .collect::<Result<_>>()?,
+    );
+    step("ctr run --rm ... echo: time to the first output byte and to exit");
+    let mut husk_first = Vec::new();
+    let mut husk_total = Vec::new();
+    let mut runc_first = Vec::new();
+    let mut runc_total = Vec::new();
+    for i in 0..RUNS {
+        // Alternate runtimes so machine load drifts affect both alike.
+        let (f, t) = first_byte(
+            containerd.address(),
+            HUSK_RUNTIME,
+            &image.reference,
+            &scope.id(&format!("h{i}")),
+        )?;
+        husk_first.push(f);
+        husk_total.push(t);
+        let (f, t) = first_byte(
+            containerd.address(),
+            RUNC_RUNTIME,
+            &image.reference,
+            &scope.id(&format!("r{i}")),
+        )?;
+        runc_first.push(f);
+        runc_total.push(t);
+    }
+    step("memory of one idle pod");
+    let memory = idle_pod_memory(&ctr, &image.reference, &scope.id("idle"))?;
+
+    let mut r = String::from("# husk benchmarks\n\n");
+    r.push_str(&format!(
+        "Measured by `cargo xtask bench` on {} ({} CPUs, {}), {}.\n",
+        host_cpu(),
+        num_cpus(),
+        host_kernel(),
+        date()
+    ));
+    r.push_str("VMM: QEMU with TCG (this host has no usable hardware virtualization; see `containerd-shim-husk-v2 check`).\n\n");
+    r.push_str("## Start-up\n\n| what | median | range | runs |\n|---|---|---|---|\n");
+    r.push_str(
+        &bare.row(
+            "bare QEMU boot to the agent's first console line (same kernel, initramfs, machine)",
+        ),
+    );
+    r.push_str(
+        &Samples(husk_first).row("husk: `ctr run --rm` to the container's first output byte"),
+    );
+    r.push_str(
+        &Samples(husk_total).row("husk: `ctr run --rm … echo` until ctr exits (VM torn down)"),
+    );
+    r.push_str(&Samples(runc_first).row("runc: `ctr run --rm` to the first output byte"));
+    r.push_str(&Samples(runc_total).row("runc: `ctr run --rm … echo` until ctr exits"));
+    r.push_str("\nMethod: a private containerd 1.6; `ctr run --rm --runtime <rt> busybox-local <id> echo hi`, the clock starts when ctr is spawned and stops at the first byte on its stdout. The bare boot runs `qemu-system-x86_64` with the shim's machine, CPU and kernel command line, without devices, and stops at the agent's `agent starting` console line.\n\n");
+    r.push_str(
+        "## Memory of one idle pod (`sleep` container)\n\n| process | PSS | RSS |\n|---|---|---|\n",
+    );
+    let (mut pss, mut rss) = (0, 0);
+    for (name, p, r_kib) in &memory {
+        r.push_str(&format!(
+            "| {name} | {:.1} MiB | {:.1} MiB |\n",
+            *p as f64 / 1024.0,
+            *r_kib as f64 / 1024.0
+        ));
+        pss += p;
+        rss += r_kib;
+    }
+    r.push_str(&format!(
+        "| **total** | **{:.1} MiB** | {:.1} MiB |\n",
+        pss as f64 / 1024.0,
+        rss as f64 / 1024.0
+    ));
+    r.push_str("\nMethod: `ctr run -d … sleep 1000`, wait until RUNNING plus 3 s, then sum `Pss`/`Rss` from `/proc/<pid>/smaps_rollup` of every process whose command line names the pod (shim, QEMU, virtiofsd). Guest RAM is a shared memfd: QEMU's PSS counts the guest pages the guest has touched.\n");
+    Ok(r)
+}
+
+/// Spawns `ctr run --rm`, returns (time to first stdout byte, time to exit).
+fn first_byte(
+    address: &Path,
+    runtime: &str,
+    image: &str,
+    id: &str,
+) -> Result<(Duration, Duration)> {
+    let start = Instant::now();
+    let mut child = Command::new("ctr")
+        .arg("--address")
+        .arg(address)
+        .args([
+            "-n",
+            NAMESPACE,
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            image,
+            id,
+            "echo",
+            "hi",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning ctr")?;
+    let mut stdout = child.stdout.take().context("ctr stdout")?;
+    let mut byte = [0u8; 1];
+    let n = stdout.read(&mut byte).context("reading ctr stdout")?;
+    let first = start.elapsed();
+    let mut rest = Vec::new();
+    let _ = stdout.read_to_end(&mut rest);
+    let status = child.wait().context("waiting for ctr")?;
+    let total = start.elapsed();
+    if n == 0 || !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("ctr run with {runtime} failed ({status}): {err}");
+    }
+    Ok((first, total))
+}
+
+fn bare_boot(artifacts: &Artifacts) -> Result<Duration> {
+    let probe = husk_hypervisor::HostProbe::default();
+    let tsc = probe
+        .tsc_khz()
+        .unwrap_or(husk_hypervisor::qemu::FALLBACK_TSC_KHZ);
+    let cmdline = husk_hypervisor::qemu::kernel_cmdline(
+        husk_hypervisor::qemu::Accel::Tcg { tsc_khz: tsc },
+        "husk.log=info",
+    );
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256M",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-kernel")
+        .arg(artifacts.kernel())
+        .arg("-initrd")
+        .arg(artifacts.initrd())
+        .args(["-append", &cmdline])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawning qemu-system-x86_64")?;
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let mut found = None;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if line.contains(AGENT_MARKER) {
+            found = Some(start.elapsed());
+            break;
+        }
+        if start.elapsed() > RUN_TIMEOUT {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    found.context("the agent never printed its first line")
+}
+
+/// `(process, PSS KiB, RSS KiB)` for each process of an idle pod.
+fn idle_pod_memory(ctr: &Ctr, image: &str, id: &str) -> Result<Vec<(String, u64, u64)>> {
+    ctr.checked([
+        "run",
+        "-d",
+        "--runtime",
+        HUSK_RUNTIME,
+        image,
+        id,
+        "sleep",
+        "1000",
+    ])?;
+    let measured = (|| {
+        ctr.wait_task_status(id, "RUNNING", RUN_TIMEOUT)?;
+        std::thread::sleep(SETTLE);
+        let mut out = Vec::new();
+        for p in snapshot()
+            .into_iter()
+            .filter(|p| p.mentions(id) && !p.is_zombie())
+        {
+            let name = p.name();
+            if !["containerd-shim-husk-v2", "qemu-system-x86_64", "virtiofsd"]
+                .contains(&name.as_str())
+            {
+                continue;
+            }
+            let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", p.pid))
+                .unwrap_or_default();
+            out.push((
+                format!("{name} (pid {})", p.pid),
+                field_kib(&rollup, "Pss:"),
+                field_kib(&rollup, "Rss:"),
+            ));
+        }
+        anyhow::Ok(out)
+    })();
+    let _ = ctr.run(["task", "kill", "-s", "SIGKILL", id]);
+    let _ = ctr.run(["task", "delete", "-f", id]);
+    let _ = ctr.run(["container", "rm", id]);
+    let out = measured?;
+    if out.is_empty() {
+        bail!("found no processes of the idle pod {id}");
+    }
+    Ok(out)
+}
+
+fn field_kib(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn host_cpu() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn host_kernel() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| format!("Linux {}", u.release().to_string_lossy()))
+        .unwrap_or_default()
+}
+
+fn date() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
