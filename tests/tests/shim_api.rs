@@ -5,7 +5,7 @@
 //! shim exiting after its last container.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -22,6 +22,7 @@ use ttrpc::asynchronous::{Client, Server, TtrpcContext};
 use ttrpc::{Code, Error as TtrpcError};
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(120);
+const RPC_TIMEOUT_NANOS: i64 = 120_000_000_000;
 const SIGKILL: u32 = 9;
 
 /// Records every event the shim publishes, with the time it arrived.
@@ -37,7 +38,7 @@ impl Events for EventLog {
             let event = env.event.into_option().unwrap_or_default();
             self.events
                 .lock()
-                .unwrap()
+                .unwrap_or_else(PoisonError::into_inner)
                 .push((env.topic, event, Instant::now()));
         }
         Ok(Empty::new())
@@ -48,7 +49,7 @@ impl EventLog {
     fn topics_for(&self, container: &str) -> Vec<String> {
         self.events
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter(|(_, any, _)| event_container(any) == container)
             .map(|(topic, _, _)| topic.clone())
@@ -58,7 +59,7 @@ impl EventLog {
     fn exit_of(&self, id: &str) -> Option<(TaskExit, Instant)> {
         self.events
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .find_map(|(topic, any, at)| {
                 let exit = TaskExit::parse_from_bytes(&any.value).ok()?;
@@ -75,7 +76,7 @@ fn event_container(any: &Any) -> String {
 }
 
 fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
+    ttrpc::context::with_timeout(RPC_TIMEOUT_NANOS)
 }
 
 fn code_of<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> Option<Code> {
@@ -393,7 +394,7 @@ async fn task_api_semantics_and_event_order() -> Result<()> {
         .request(ttrpc::Request {
             service: "containerd.task.v2.Task".into(),
             method: "Connect".into(),
-            timeout_nano: RPC_TIMEOUT.as_nanos() as i64,
+            timeout_nano: RPC_TIMEOUT_NANOS,
             payload: ConnectRequest::new().write_to_bytes()?,
             ..Default::default()
         })
