@@ -70,13 +70,7 @@ impl Supervised {
                     libc::kill(libc::getpid(), libc::SIGKILL);
                 }
                 if let Some(fd) = inherit_raw {
-                    if fd == 3 {
-                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    } else if libc::dup2(fd, 3) != 3 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                    crate::fd_passing::inherit_as_fd3(fd)?;
                 }
                 Ok(())
             });

@@ -6,6 +6,7 @@
 //! virtio-fs share served by `virtiofsd`. [`probe`] decides which backend a host can run.
 
 mod child;
+pub mod fd_passing;
 pub mod hybrid_client;
 pub mod probe;
 pub mod qemu;

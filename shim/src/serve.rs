@@ -15,7 +15,7 @@ use crate::isolation;
 use crate::task::{Shim, task_services};
 
 /// containerd passes the listening socket as fd 3.
-const LISTENER_FD: i32 = 3;
+const LISTENER_FD: i32 = husk_hypervisor::fd_passing::INHERITED_FD;
 /// Time for the last replies and events to go out before the process exits.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const REPLY_GRACE: Duration = Duration::from_millis(100);

@@ -74,8 +74,8 @@ fn spawn_daemon(args: &Args, bundle: &Path, listener: &UnixListener) -> Result<(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: runs between fork and exec; setsid/dup2/fcntl are async-signal-safe and only
-    // touch the child's own session and descriptors.
+    // SAFETY: runs between fork and exec; setsid and the fd move are async-signal-safe and
+    // only touch the child's own session and descriptors.
     unsafe {
         cmd.pre_exec(move || {
             // Own session: the daemon must survive containerd's process group being signalled.
@@ -83,14 +83,7 @@ fn spawn_daemon(args: &Args, bundle: &Path, listener: &UnixListener) -> Result<(
                 return Err(std::io::Error::last_os_error());
             }
             // containerd's convention: the listening socket is fd 3.
-            if fd == 3 {
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) != 3 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            husk_hypervisor::fd_passing::inherit_as_fd3(fd)
         });
     }
     let child = cmd.spawn().context("starting the shim daemon")?;

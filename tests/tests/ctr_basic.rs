@@ -51,3 +51,8 @@ fn exit_code_propagates() -> Result<()> {
 fn sigkill_exit_is_137() -> Result<()> {
     common::run("sigkill-137", Runtime::Husk, common::sigkill_exit_is_137)
 }
+
+#[test]
+fn process_spec_is_honoured() -> Result<()> {
+    common::run("proc-spec", Runtime::Husk, common::process_spec_is_honoured)
+}

@@ -80,6 +80,15 @@ fn runc_exit_code_propagates() -> Result<()> {
 }
 
 #[test]
+fn runc_process_spec_is_honoured() -> Result<()> {
+    common::run(
+        "runc-proc-spec",
+        Runtime::Runc,
+        common::process_spec_is_honoured,
+    )
+}
+
+#[test]
 fn runc_sigkill_exit_is_137() -> Result<()> {
     common::run("runc-kill9", RT, common::sigkill_exit_is_137)
 }

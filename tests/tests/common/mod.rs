@@ -66,6 +66,65 @@ pub fn exit_code_propagates(bed: &TestBed) -> Result<()> {
     Ok(())
 }
 
+/// The OCI process spec is honoured: user and group, environment, working directory; the
+/// container sees its own pid namespace, hostname, /proc, /sys, /dev and cgroup.
+pub fn process_spec_is_honoured(bed: &TestBed) -> Result<()> {
+    let id = bed.id("spec");
+    let script = "echo uid=$(id -u) gid=$(id -g) groups=$(id -G) foo=$FOO cwd=$(pwd); \
+                  echo pid1=$(tr '\\0' ' ' < /proc/1/cmdline); \
+                  test -e /proc/self/status && test -d /sys/kernel && test -c /dev/null && echo mounts-ok; \
+                  echo cgroup=$(cat /proc/self/cgroup)";
+    // ctr 1.6 has no --user: a hand-written spec carries the process settings.
+    let spec_text = bed.ctr().checked(["oci", "spec"])?.stdout_text();
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&spec_text).context("parsing `ctr oci spec`")?;
+    spec["root"] = serde_json::json!({ "path": bed.image_rootfs(), "readonly": true });
+    spec["process"]["args"] = serde_json::json!(["sh", "-c", script]);
+    spec["process"]["user"] =
+        serde_json::json!({"uid": 1000, "gid": 1001, "additionalGids": [1002]});
+    spec["process"]["env"] = serde_json::json!(["PATH=/bin:/sbin:/usr/bin", "FOO=bar baz"]);
+    spec["process"]["cwd"] = serde_json::json!("/etc");
+    let path = bed.dir().join("process-spec.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+    let out = bed
+        .ctr()
+        .cmd(["run", "--rm", "--runtime", bed.runtime_type(), "--config"])
+        .arg(&path)
+        .arg(&id)
+        .output()?;
+    ensure!(
+        out.code() == 0,
+        "container exited {}: {}",
+        out.code(),
+        out.stderr_text()
+    );
+    let text = out.stdout_text();
+    ensure!(
+        text.contains("uid=1000 gid=1001 groups=1001 1002 foo=bar baz cwd=/etc"),
+        "user, groups, env or cwd not applied: {text:?}"
+    );
+    ensure!(
+        text.contains("pid1=sh -c "),
+        "the container's own process is not PID 1 of its namespace: {text:?}"
+    );
+    ensure!(
+        text.contains("mounts-ok"),
+        "/proc, /sys or /dev missing: {text:?}"
+    );
+    // husk's guest runs cgroup v2 with each container in /husk/<id>; the host's runc
+    // (cgroup v1 here) only has to report some membership.
+    let cgroup = if bed.runtime_type() == husk_tests::HUSK_RUNTIME {
+        format!("cgroup=0::/husk/{id}")
+    } else {
+        "cgroup=".to_string()
+    };
+    ensure!(
+        text.contains(&cgroup),
+        "container is not in its own cgroup ({cgroup}): {text:?}"
+    );
+    Ok(())
+}
+
 /// A process killed by SIGKILL reports 128 + 9, both for an exec'd process that kills
 /// itself and for the container's init killed from outside.
 ///

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use husk_tests::procfs::snapshot;
 use husk_tests::{
-    Artifacts, BusyboxImage, Containerd, ContainerdOptions, Ctr, HUSK_RUNTIME, LeakScope,
-    RUNC_RUNTIME, TestScope,
+    Artifacts, BusyboxImage, Containerd, Ctr, HUSK_RUNTIME, LeakScope, RUNC_RUNTIME, TestScope,
 };
 
 use super::build;
@@ -34,14 +33,7 @@ const SETTLE: Duration = Duration::from_secs(3);
 pub fn run(ws: &Workspace) -> Result<()> {
     let artifacts = build::run(ws)?;
     let mut scope = TestScope::new("bench").context("creating the bench directory")?;
-    let mut containerd = Containerd::start(
-        &scope,
-        &ContainerdOptions {
-            shim_dir: Some(artifacts.dir().to_owned()),
-            husk_config: Some(artifacts.config()),
-            ..ContainerdOptions::default()
-        },
-    )?;
+    let mut containerd = super::husk_containerd(&scope, &artifacts)?;
     let leftovers = LeakScope::new(scope.tag(), NAMESPACE, containerd.address(), 0);
     let result = measure(ws, &artifacts, &containerd, &scope);
     containerd.stop()?;

@@ -4,9 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use husk_tests::{
-    BusyboxImage, Cmd, Containerd, ContainerdOptions, Ctr, HUSK_RUNTIME, LeakScope, TestScope,
-};
+use husk_tests::{BusyboxImage, Cmd, Containerd, Ctr, HUSK_RUNTIME, LeakScope, TestScope};
 
 use super::build;
 use crate::ui::{note, step};
@@ -21,18 +19,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 pub fn run(ws: &Workspace) -> Result<()> {
     let artifacts = build::run(ws)?;
     let mut scope = TestScope::new("demo").context("creating the demo directory")?;
-    step(format!(
-        "starting a private containerd in {}",
-        scope.dir().display()
-    ));
-    let mut containerd = Containerd::start(
-        &scope,
-        &ContainerdOptions {
-            shim_dir: Some(artifacts.dir().to_owned()),
-            husk_config: Some(artifacts.config()),
-            ..ContainerdOptions::default()
-        },
-    )?;
+    let mut containerd = super::husk_containerd(&scope, &artifacts)?;
     let leftovers = LeakScope::new(scope.tag(), NAMESPACE, containerd.address(), 0);
 
     let result = demo(ws, &containerd);
