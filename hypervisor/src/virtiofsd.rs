@@ -46,7 +46,9 @@ fn args(spec: &SharedFsSpec) -> Vec<String> {
         "--sandbox=namespace".into(),
         // Images carry file capabilities and other xattrs that must reach the guest.
         "--xattr".into(),
-        "--log-level=warn".into(),
+        // Warnings are routine (e.g. overlayfs without file handles on every rootfs); errors
+        // reach the pod's log.
+        "--log-level=error".into(),
         // As many descriptors as the shim may have; virtiofsd's default (1M) fails where the
         // hard limit is lower, with a warning in every pod's log.
         format!("--rlimit-nofile={}", nofile_hard_limit()),

@@ -36,6 +36,8 @@ pub fn run(ws: &Workspace) -> Result<()> {
     let mut containerd = super::husk_containerd(&scope, &artifacts)?;
     let leftovers = LeakScope::new(scope.tag(), NAMESPACE, containerd.address(), 0);
     let result = measure(ws, &artifacts, &containerd, &scope);
+    // Shims exit just after their last container is deleted; give them that moment.
+    let _ = leftovers.wait_clean(&[], Duration::from_secs(3));
     containerd.stop()?;
     for p in leftovers.kill_attributed() {
         note(format!("killed leftover {p}"));

@@ -12,6 +12,8 @@ use crate::workspace::Workspace;
 
 const NAMESPACE: &str = "husk-demo";
 const CONTAINER_ID: &str = "demo";
+/// A shim exits about 0.1 s after its last container is deleted.
+const SHIM_EXIT_GRACE: Duration = Duration::from_secs(3);
 /// First boot under TCG plus image unpacking, with room for a busy machine.
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -27,6 +29,8 @@ pub fn run(ws: &Workspace) -> Result<()> {
     step("tearing down");
     // Read the log before its directory goes away.
     let log_tail = result.is_err().then(|| containerd.log_tail());
+    // The shim exits just after `ctr` returns; give it that moment.
+    let _ = leftovers.wait_clean(&[CONTAINER_ID.to_string()], SHIM_EXIT_GRACE);
     containerd.stop()?;
     let killed = leftovers.kill_attributed();
     if !killed.is_empty() {
