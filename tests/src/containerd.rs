@@ -5,6 +5,11 @@
 //! `io.containerd.husk.v2` to the binary `containerd-shim-husk-v2` on its `PATH`),
 //! `HUSK_CONFIG` pointing at the husk config, and the test's `HUSK_TEST_DIR` marker.
 //! It gets `PR_SET_PDEATHSIG` so it dies with a test process killed by a timeout.
+//!
+//! Two flavours ([`ContainerdFlavour`]): the machine's containerd (Debian 12: 1.6.20,
+//! `containerd` and `ctr` from `PATH`), or containerd 2.x that `cargo xtask deps` fetches
+//! from Debian sid into `<cache>/containerd2/` (see [`containerd2_dir`]). Their configs
+//! differ only in the schema version and in which plugins make up CRI.
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
@@ -19,8 +24,34 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use wait_timeout::ChildExt;
 
+use crate::cmd::{Cmd, CmdError};
 use crate::husk_config::CONFIG_ENV;
 use crate::scope::{MARKER_ENV, TestScope};
+
+/// Names the directory holding containerd 2.x's `containerd` and `ctr` binaries
+/// (`cargo xtask test` sets it; without it the tests look in the husk cache).
+pub const CONTAINERD2_ENV: &str = "HUSK_CONTAINERD2";
+/// `<cache>/containerd2`: where `cargo xtask deps` unpacks containerd 2.x releases, one
+/// directory per Debian version (`<version>/usr/bin/{containerd,ctr}`).
+pub const CONTAINERD2_CACHE_DIR: &str = "containerd2";
+/// In [`CONTAINERD2_CACHE_DIR`]: a one-line file naming the version directory in use.
+pub const CONTAINERD2_CURRENT: &str = "current";
+/// The binaries a containerd 2.x directory must hold.
+pub const CONTAINERD2_BINARIES: [&str; 2] = ["containerd", "ctr"];
+/// Deadline for `containerd --version`.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// containerd 2.x's CRI: the gRPC service plus the plugins it was split into, and the
+/// sandbox controllers that need them (disabling only some leaves the others failing to
+/// load, with warnings). NRI is started by CRI; disabled too so no daemon of ours ever
+/// touches the machine-wide `/var/run/nri/nri.sock`.
+const CONTAINERD2_CRI_PLUGINS: [&str; 6] = [
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.cri.v1.runtime",
+    "io.containerd.cri.v1.images",
+    "io.containerd.podsandbox.controller.v1.podsandbox",
+    "io.containerd.grpc.v1.sandbox-controllers",
+    "io.containerd.nri.v1.nri",
+];
 
 /// containerd normally answers within a second; a loaded CI machine gets more.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,8 +74,13 @@ pub enum ContainerdError {
         source: std::io::Error,
     },
     /// The binary could not be started.
-    #[error("starting containerd: {0} (install it with `cargo xtask deps`)")]
-    Spawn(std::io::Error),
+    #[error("starting {binary}: {source} (install it with `cargo xtask deps`)")]
+    Spawn {
+        /// The daemon binary.
+        binary: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// It exited during start-up.
     #[error("containerd exited during start-up ({status}); end of {log}:\n{tail}")]
     Exited {
@@ -70,18 +106,220 @@ pub enum ContainerdError {
     /// Waiting for it failed.
     #[error("waiting for containerd: {0}")]
     Wait(std::io::Error),
+    /// containerd 2.x was asked for but is not there.
+    #[error(
+        "containerd 2.x not found: {reason}. Run `cargo xtask deps` (it fetches containerd 2.x \
+         from Debian sid into <husk cache>/{CONTAINERD2_CACHE_DIR}/; `cargo xtask test` passes \
+         its directory as {CONTAINERD2_ENV}), or set {CONTAINERD2_ENV}=<directory with \
+         `containerd` and `ctr`>"
+    )]
+    Containerd2Missing {
+        /// What is missing.
+        reason: String,
+    },
+    /// `containerd --version` failed.
+    #[error("asking {binary} for its version: {source}")]
+    Version {
+        /// The binary.
+        binary: PathBuf,
+        /// What failed.
+        source: Box<CmdError>,
+    },
+    /// `containerd --version` printed no version.
+    #[error("`{binary} --version` printed no version: {output:?}")]
+    VersionUnknown {
+        /// The binary.
+        binary: PathBuf,
+        /// What it printed.
+        output: String,
+    },
+    /// The binary is not the containerd release the flavour stands for.
+    #[error(
+        "{binary} is containerd {version}, but the {flavour} flavour needs {want}; \
+         run `cargo xtask deps` to fetch containerd 2.x"
+    )]
+    WrongVersion {
+        /// The binary.
+        binary: PathBuf,
+        /// What it reported.
+        version: String,
+        /// The flavour.
+        flavour: ContainerdFlavour,
+        /// What was wanted.
+        want: &'static str,
+    },
+}
+
+/// Which containerd to run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ContainerdFlavour {
+    /// The machine's containerd (Debian 12: 1.6.20): `containerd` and `ctr` from `PATH`.
+    #[default]
+    System,
+    /// containerd 2.x from [`containerd2_dir`] (its own `containerd` and `ctr`).
+    V2,
+}
+
+impl std::fmt::Display for ContainerdFlavour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ContainerdFlavour::System => "system containerd",
+            ContainerdFlavour::V2 => "containerd 2.x",
+        })
+    }
+}
+
+impl ContainerdFlavour {
+    /// Locates the `containerd` and `ctr` binaries of this flavour.
+    pub fn binaries(self) -> Result<ContainerdBinaries, ContainerdError> {
+        match self {
+            ContainerdFlavour::System => Ok(ContainerdBinaries {
+                containerd: PathBuf::from("containerd"),
+                ctr: PathBuf::from("ctr"),
+            }),
+            ContainerdFlavour::V2 => {
+                let dir = containerd2_dir()?;
+                Ok(ContainerdBinaries {
+                    containerd: dir.join("containerd"),
+                    ctr: dir.join("ctr"),
+                })
+            }
+        }
+    }
+
+    /// Whether a containerd reporting `version` belongs to this flavour; `Err` says what
+    /// is wanted instead.
+    fn accepts(self, version: &str) -> Result<(), &'static str> {
+        match self {
+            ContainerdFlavour::System => Ok(()),
+            ContainerdFlavour::V2 => match major_version(version) {
+                Some(m) if m >= 2 => Ok(()),
+                _ => Err("2.0 or newer"),
+            },
+        }
+    }
+}
+
+/// The programs of one containerd flavour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerdBinaries {
+    /// The daemon.
+    pub containerd: PathBuf,
+    /// Its client, of the same release.
+    pub ctr: PathBuf,
+}
+
+/// `<cache_root>/containerd2/<version>/usr/bin`: where `cargo xtask deps` keeps the
+/// binaries of a containerd 2.x release.
+pub fn containerd2_bin_dir(cache_root: &Path, version: &str) -> PathBuf {
+    cache_root
+        .join(CONTAINERD2_CACHE_DIR)
+        .join(version)
+        .join("usr/bin")
+}
+
+/// Binaries of [`CONTAINERD2_BINARIES`] missing from `dir`.
+pub fn missing_containerd2_binaries(dir: &Path) -> Vec<&'static str> {
+    CONTAINERD2_BINARIES
+        .iter()
+        .copied()
+        .filter(|b| !dir.join(b).is_file())
+        .collect()
+}
+
+/// The containerd 2.x binary directory recorded in `<cache_root>/containerd2/current`,
+/// checked to hold `containerd` and `ctr`.
+pub fn containerd2_from_cache(cache_root: &Path) -> Result<PathBuf, ContainerdError> {
+    let current = cache_root
+        .join(CONTAINERD2_CACHE_DIR)
+        .join(CONTAINERD2_CURRENT);
+    let version = fs::read_to_string(&current).map_err(|e| ContainerdError::Containerd2Missing {
+        reason: format!("{CONTAINERD2_ENV} is not set and {} is unreadable ({e})", current.display()),
+    })?;
+    let version = version.trim();
+    if version.is_empty() || version.contains('/') || version.starts_with('.') {
+        return Err(ContainerdError::Containerd2Missing {
+            reason: format!("{} names no version directory: {version:?}", current.display()),
+        });
+    }
+    let dir = containerd2_bin_dir(cache_root, version);
+    let missing = missing_containerd2_binaries(&dir);
+    if !missing.is_empty() {
+        return Err(ContainerdError::Containerd2Missing {
+            reason: format!("{} (named by {}) lacks {missing:?}", dir.display(), current.display()),
+        });
+    }
+    Ok(dir)
+}
+
+/// The directory with containerd 2.x's `containerd` and `ctr`: `$HUSK_CONTAINERD2`, or
+/// else the one `cargo xtask deps` recorded in the husk cache.
+pub fn containerd2_dir() -> Result<PathBuf, ContainerdError> {
+    if let Some(dir) = std::env::var_os(CONTAINERD2_ENV).filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        if !dir.is_absolute() {
+            return Err(ContainerdError::Containerd2Missing {
+                reason: format!("{CONTAINERD2_ENV}={} must be an absolute path", dir.display()),
+            });
+        }
+        let missing = missing_containerd2_binaries(&dir);
+        if !missing.is_empty() {
+            return Err(ContainerdError::Containerd2Missing {
+                reason: format!("{CONTAINERD2_ENV}={} lacks {missing:?}", dir.display()),
+            });
+        }
+        return Ok(dir);
+    }
+    let cache = husk_kernel_config::cache_root().map_err(|e| ContainerdError::Containerd2Missing {
+        reason: format!("{CONTAINERD2_ENV} is not set and the husk cache is unknown ({e})"),
+    })?;
+    containerd2_from_cache(&cache)
+}
+
+/// The version `containerd --version` (or `ctr --version`) prints: the third word, e.g.
+/// `1.6.20~ds1` or `2.1.9+unknown`, without a leading `v`.
+pub fn parse_version(output: &str) -> Option<String> {
+    let word = output.split_whitespace().nth(2)?;
+    let word = word.strip_prefix('v').unwrap_or(word);
+    word.starts_with(|c: char| c.is_ascii_digit())
+        .then(|| word.to_owned())
+}
+
+/// The major version of `version` (`2` for `2.1.9+unknown`).
+pub fn major_version(version: &str) -> Option<u32> {
+    version.split('.').next()?.parse().ok()
+}
+
+/// `<containerd> --version`, parsed.
+pub fn binary_version(containerd: &Path) -> Result<String, ContainerdError> {
+    let out = Cmd::new(containerd)
+        .arg("--version")
+        .timeout(VERSION_TIMEOUT)
+        .checked()
+        .map_err(|e| ContainerdError::Version {
+            binary: containerd.to_owned(),
+            source: Box::new(e),
+        })?;
+    let text = out.stdout_text();
+    parse_version(&text).ok_or_else(|| ContainerdError::VersionUnknown {
+        binary: containerd.to_owned(),
+        output: text.trim().to_owned(),
+    })
 }
 
 /// How to start containerd.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerdOptions {
+    /// Which containerd (default: the system's).
+    pub flavour: ContainerdFlavour,
     /// Prepended to `PATH` (where `containerd-shim-husk-v2` is).
     pub shim_dir: Option<PathBuf>,
     /// Exported as `HUSK_CONFIG`.
     pub husk_config: Option<PathBuf>,
     /// Keep the CRI plugin (off by default: ctr tests do not need it).
     pub cri: bool,
-    /// Appended verbatim to the generated config (e.g. CRI settings).
+    /// Appended verbatim to the generated config (e.g. CRI settings), in the flavour's
+    /// config schema: `version = 2` for the system containerd, `version = 3` for 2.x.
     pub extra_config: String,
 }
 
@@ -91,6 +329,9 @@ pub struct Containerd {
     child: Option<Child>,
     address: PathBuf,
     log: PathBuf,
+    flavour: ContainerdFlavour,
+    binaries: ContainerdBinaries,
+    version: String,
 }
 
 fn setup_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerdError + '_ {
@@ -108,9 +349,23 @@ fn config_text(
     opts: &ContainerdOptions,
 ) -> String {
     let q = |p: &Path| toml::Value::String(p.to_string_lossy().into_owned()).to_string();
-    let mut c = format!("version = 2\nroot = {}\nstate = {}\n", q(root), q(state));
+    // 2.x migrates `version = 2` configs (with a warning) but speaks 3 natively; the keys
+    // written here mean the same in both.
+    let (version, cri_plugins): (u32, &[&str]) = match opts.flavour {
+        ContainerdFlavour::System => (2, &["io.containerd.grpc.v1.cri"]),
+        ContainerdFlavour::V2 => (3, &CONTAINERD2_CRI_PLUGINS),
+    };
+    let mut c = format!(
+        "version = {version}\nroot = {}\nstate = {}\n",
+        q(root),
+        q(state)
+    );
     if !opts.cri {
-        c.push_str("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n");
+        let list: Vec<String> = cri_plugins
+            .iter()
+            .map(|p| toml::Value::String((*p).to_owned()).to_string())
+            .collect();
+        c.push_str(&format!("disabled_plugins = [{}]\n", list.join(", ")));
     }
     c.push_str(&format!("\n[grpc]\n  address = {}\n", q(address)));
     // Keep the "opt" plugin out of the machine-wide /opt/containerd.
@@ -125,6 +380,16 @@ fn config_text(
 impl Containerd {
     /// Starts containerd in `scope`'s directory and waits until its socket answers.
     pub fn start(scope: &TestScope, opts: &ContainerdOptions) -> Result<Self, ContainerdError> {
+        let binaries = opts.flavour.binaries()?;
+        let version = binary_version(&binaries.containerd)?;
+        if let Err(want) = opts.flavour.accepts(&version) {
+            return Err(ContainerdError::WrongVersion {
+                binary: binaries.containerd,
+                version,
+                flavour: opts.flavour,
+                want,
+            });
+        }
         let dir = scope.dir();
         let root = dir.join("root");
         let state = dir.join("state");
@@ -139,7 +404,7 @@ impl Containerd {
         let out = File::create(&log).map_err(setup_err(&log))?;
         let err = out.try_clone().map_err(setup_err(&log))?;
 
-        let mut cmd = Command::new("containerd");
+        let mut cmd = Command::new(&binaries.containerd);
         cmd.arg("--root")
             .arg(&root)
             .arg("--state")
@@ -174,11 +439,17 @@ impl Containerd {
                 }
             });
         }
-        let child = cmd.spawn().map_err(ContainerdError::Spawn)?;
+        let child = cmd.spawn().map_err(|source| ContainerdError::Spawn {
+            binary: binaries.containerd.clone(),
+            source,
+        })?;
         let mut me = Self {
             child: Some(child),
             address,
             log,
+            flavour: opts.flavour,
+            binaries,
+            version,
         };
         me.wait_ready()?;
         Ok(me)
@@ -215,6 +486,21 @@ impl Containerd {
     /// The gRPC socket (`ctr -a`).
     pub fn address(&self) -> &Path {
         &self.address
+    }
+
+    /// Which containerd this is.
+    pub fn flavour(&self) -> ContainerdFlavour {
+        self.flavour
+    }
+
+    /// The daemon binary and its matching `ctr`.
+    pub fn binaries(&self) -> &ContainerdBinaries {
+        &self.binaries
+    }
+
+    /// The version the daemon binary reported (e.g. `1.6.20~ds1`, `2.1.9+unknown`).
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// containerd's pid while it runs.
@@ -284,6 +570,7 @@ mod tests {
             Path::new("/d"),
             &ContainerdOptions::default(),
         );
+        assert!(c.starts_with("version = 2\n"), "{c}");
         assert!(c.contains("root = \"/r\""));
         assert!(c.contains("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]"));
         assert!(c.contains("address = \"/d/cd.sock\""));
@@ -299,5 +586,69 @@ mod tests {
             },
         );
         assert!(!with_cri.contains("disabled_plugins"));
+    }
+
+    #[test]
+    fn containerd2_config_is_version_3_without_cri() {
+        let opts = ContainerdOptions {
+            flavour: ContainerdFlavour::V2,
+            ..Default::default()
+        };
+        let c = config_text(
+            Path::new("/r"),
+            Path::new("/s"),
+            Path::new("/d/cd.sock"),
+            Path::new("/d"),
+            &opts,
+        );
+        let parsed: toml::Table = c.parse().unwrap();
+        assert_eq!(parsed["version"].as_integer(), Some(3));
+        let disabled: Vec<&str> = parsed["disabled_plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(disabled, CONTAINERD2_CRI_PLUGINS);
+        assert_eq!(parsed["grpc"]["address"].as_str(), Some("/d/cd.sock"));
+        assert_eq!(
+            parsed["plugins"]["io.containerd.internal.v1.opt"]["path"].as_str(),
+            Some("/d/opt")
+        );
+    }
+
+    #[test]
+    fn versions_parse_for_both_releases() {
+        let v16 = "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3\n";
+        let v2 = "containerd github.com/containerd/containerd/v2 2.1.9+unknown \n";
+        assert_eq!(parse_version(v16).as_deref(), Some("1.6.20~ds1"));
+        assert_eq!(parse_version(v2).as_deref(), Some("2.1.9+unknown"));
+        assert_eq!(parse_version("containerd x v2.0.0").as_deref(), Some("2.0.0"));
+        assert_eq!(parse_version("garbage"), None);
+        assert_eq!(major_version("2.1.9+unknown"), Some(2));
+        assert!(ContainerdFlavour::V2.accepts("2.1.9+unknown").is_ok());
+        assert!(ContainerdFlavour::V2.accepts("1.6.20~ds1").is_err());
+        assert!(ContainerdFlavour::System.accepts("1.6.20~ds1").is_ok());
+    }
+
+    #[test]
+    fn containerd2_is_found_through_the_cache_record() {
+        let root = std::env::temp_dir().join(format!("husk-cd2-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let err = containerd2_from_cache(&root).unwrap_err().to_string();
+        assert!(err.contains("cargo xtask deps"), "{err}");
+        let base = root.join(CONTAINERD2_CACHE_DIR);
+        fs::create_dir_all(&base).unwrap();
+        fs::write(base.join(CONTAINERD2_CURRENT), "2.1.9+ds1-5\n").unwrap();
+        let bin = containerd2_bin_dir(&root, "2.1.9+ds1-5");
+        fs::create_dir_all(&bin).unwrap();
+        fs::write(bin.join("containerd"), "").unwrap();
+        let err = containerd2_from_cache(&root).unwrap_err().to_string();
+        assert!(err.contains("[\"ctr\"]") && err.contains("cargo xtask deps"), "{err}");
+        fs::write(bin.join("ctr"), "").unwrap();
+        assert_eq!(containerd2_from_cache(&root).unwrap(), bin);
+        fs::write(base.join(CONTAINERD2_CURRENT), "../x\n").unwrap();
+        assert!(containerd2_from_cache(&root).is_err());
+        fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -44,19 +44,35 @@ pub enum CtrError {
 /// `ctr -a <address> -n <namespace> ...`.
 #[derive(Debug, Clone)]
 pub struct Ctr {
+    program: PathBuf,
     address: PathBuf,
     namespace: String,
     timeout: Duration,
 }
 
 impl Ctr {
-    /// ctr for `address`/`namespace`; each command gets `timeout` unless overridden.
+    /// ctr (the one on `PATH`) for `address`/`namespace`; each command gets `timeout`
+    /// unless overridden.
     pub fn new(address: &Path, namespace: &str, timeout: Duration) -> Self {
         Self {
+            program: PathBuf::from("ctr"),
             address: address.to_owned(),
             namespace: namespace.to_owned(),
             timeout,
         }
+    }
+
+    /// Runs this ctr binary instead (the one of the containerd release being talked to,
+    /// see [`crate::containerd::ContainerdBinaries`]).
+    #[must_use]
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = program.into();
+        self
+    }
+
+    /// The ctr binary.
+    pub fn program(&self) -> &Path {
+        &self.program
     }
 
     /// The namespace.
@@ -75,7 +91,7 @@ impl Ctr {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        Cmd::new("ctr")
+        Cmd::new(&self.program)
             .arg("--address")
             .arg(&self.address)
             .arg("--namespace")
