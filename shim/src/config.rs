@@ -45,8 +45,13 @@ pub struct HypervisorConfig {
     pub qemu_path: String,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// VM size when the pod has no CPU/memory limits (best-effort pods, `ctr run`).
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// Added to the pod's limits (from CRI's sandbox-sizing annotations): the guest kernel,
+    /// the agent and their buffers need room of their own.
+    pub overhead_vcpus: u32,
+    pub overhead_memory_mib: u32,
     /// Appended to husk's guest kernel command line.
     pub kernel_params: String,
 }
@@ -85,6 +90,8 @@ impl Default for HypervisorConfig {
             initrd: "/usr/share/husk/initrd.img".into(),
             vcpus: 1,
             memory_mib: 256,
+            overhead_vcpus: 1,
+            overhead_memory_mib: 128,
             kernel_params: String::new(),
         }
     }

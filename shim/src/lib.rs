@@ -15,6 +15,7 @@ pub mod pod;
 pub mod pod_dir;
 pub mod runtime_options;
 pub mod serve;
+pub mod sizing;
 pub mod start;
 pub mod stdio;
 pub mod task;

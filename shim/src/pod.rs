@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use crate::agent::{Agent, AgentError};
 use crate::config::Config;
 use crate::pod_dir::{PodDir, PodDirError};
+use crate::sizing::PodSize;
 
 /// virtio-fs tag of the pod share, mounted by the agent at `SHARED_DIR_GUEST`.
 pub const SHARED_FS_TAG: &str = "husk";
@@ -44,6 +45,7 @@ impl Pod {
         id: &str,
         hostname: &str,
         config: &Config,
+        size: &PodSize,
         log: &Logger,
     ) -> Result<Self, PodError> {
         let log = log.new(slog::o!("sandbox" => id.to_string()));
@@ -53,10 +55,15 @@ impl Pod {
             &HostProbe::default(),
         )?;
         info!(log, "hypervisor selected"; "vmm" => selection.vmm.name(), "reason" => &selection.reason);
+        info!(log, "pod VM size"; "vcpus" => size.vcpus, "memory_mib" => size.memory_mib, "from" => size.source);
         let dir = PodDir::new(&config.runtime.state_dir, id);
         dir.create()?;
         let started = Instant::now();
-        let vm = match selection.vmm.launch(&vm_spec(id, &dir, config), &log).await {
+        let vm = match selection
+            .vmm
+            .launch(&vm_spec(id, &dir, config, size), &log)
+            .await
+        {
             Ok(vm) => vm,
             Err(e) => {
                 let _ = dir.destroy();
@@ -134,7 +141,7 @@ impl Pod {
     }
 }
 
-fn vm_spec(id: &str, dir: &PodDir, config: &Config) -> VmSpec {
+fn vm_spec(id: &str, dir: &PodDir, config: &Config, size: &PodSize) -> VmSpec {
     let h = &config.hypervisor;
     VmSpec {
         name: id.chars().take(32).collect(),
@@ -146,8 +153,8 @@ fn vm_spec(id: &str, dir: &PodDir, config: &Config) -> VmSpec {
             config.agent.log_level,
             h.kernel_params
         ),
-        vcpus: h.vcpus,
-        memory_mib: h.memory_mib,
+        vcpus: size.vcpus,
+        memory_mib: size.memory_mib,
         run_dir: dir.root().to_path_buf(),
         vsock: VsockSpec {
             guest_cid: GUEST_CID,

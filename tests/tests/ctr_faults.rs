@@ -86,3 +86,58 @@ fn killed_shim_leaves_nothing_behind() -> Result<()> {
     bed.finish()?;
     Ok(())
 }
+
+#[test]
+fn killed_vmm_ends_the_pod_and_its_shim() -> Result<()> {
+    let bed = TestBed::start("deadvmm", Runtime::Husk)?;
+    let id = bed.id("vmmvictim");
+    bed.ctr()
+        .checked([
+            "run",
+            "-d",
+            "--runtime",
+            bed.runtime_type(),
+            bed.image(),
+            &id,
+            "sleep",
+            "1000",
+        ])
+        .context("starting a detached container")?;
+    bed.ctr()
+        .wait_task_status(&id, "RUNNING", Duration::from_secs(60))?;
+    let vmms = processes("qemu-system-x86_64", &id);
+    ensure!(
+        vmms.len() == 1,
+        "expected one VMM for {id}, found {}",
+        vmms.len()
+    );
+    kill(Pid::from_raw(vmms[0].pid), Signal::SIGKILL)?;
+
+    // The container is reported exited and the shim (and its guard) are gone within 5 s.
+    // "Exited" is STOPPED while the shim still answers, or no task at all once containerd
+    // has cleaned up after the exited shim; either way no call may hang.
+    wait_until(
+        "the task no longer running",
+        Duration::from_secs(5),
+        || match bed.ctr().task_status(&id) {
+            Ok(Some(status)) => status == "STOPPED",
+            Ok(None) => true,
+            Err(_) => false,
+        },
+    )?;
+    let took = wait_until(
+        "the shim exiting after its VMM died",
+        Duration::from_secs(5),
+        || {
+            processes("containerd-shim-husk-v2", &id).is_empty()
+                && processes("virtiofsd", &id).is_empty()
+        },
+    )?;
+    eprintln!("shim gone {took:?} after the task was reported stopped");
+
+    // containerd can still delete the task and the container.
+    let _ = bed.ctr().run(["task", "delete", &id])?;
+    bed.ctr().checked(["container", "rm", &id])?;
+    bed.finish()?;
+    Ok(())
+}

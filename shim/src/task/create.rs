@@ -19,8 +19,25 @@ use crate::config::Config;
 use crate::guest_spec::{self, HostBind};
 use crate::mounts::{self, MountSpec};
 use crate::pod::Pod;
+use crate::sizing;
 use crate::start::SANDBOX_ID_ANNOTATION;
 use crate::stdio::{ProcessIo, StdioPaths};
+
+/// Why a pod without a network namespace of its own is refused.
+pub const HOST_NETWORK_REFUSED: &str = "husk runs each pod in its own VM with its own network stack: \
+     host-network pods (hostNetwork: true, ctr --net-host) are not supported; use another \
+     RuntimeClass for them";
+
+/// A pod that shares the host's network has no network namespace in its sandbox spec.
+fn has_network_namespace(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+        })
+}
 
 impl Shim {
     pub async fn create(self: &Arc<Self>, req: &CreateTaskRequest) -> TaskResult<u32> {
@@ -137,11 +154,16 @@ impl Shim {
         let (config, path) = Config::resolve(explicit.as_deref().map(Path::new))
             .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         info!(self.log, "booting pod VM"; "sandbox" => group, "config" => %path.display());
+        if !has_network_namespace(spec) {
+            return Err(TaskError::InvalidArgument(HOST_NETWORK_REFUSED.into()));
+        }
         let hostname = spec
             .hostname()
             .clone()
             .unwrap_or_else(|| group.chars().take(12).collect());
-        let pod = Pod::boot(group, &hostname, &config, &self.log)
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let size = sizing::pod_size(&annotations, &config.hypervisor, sizing::host_cpus());
+        let pod = Pod::boot(group, &hostname, &config, &size, &self.log)
             .await
             .map_err(|e| TaskError::FailedPrecondition(format!("starting the pod VM: {e}")))?;
         let pod = Arc::new(pod);

@@ -11,13 +11,15 @@ use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::topics::TASK_EXIT_EVENT_TOPIC;
 use slog::{info, warn};
 
-use super::Shim;
 use super::process::Process;
+use super::{PodSlot, Shim};
 use crate::events::now;
 use crate::pod::Pod;
 
 /// After an exit, how long output may keep flowing (a forked child can hold the pipe).
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(60);
+/// How long the exits of a dead VM's processes may take to reach containerd.
+const EVENT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 /// Reported for processes whose VM died under them (like a SIGKILL'd process: 128 + 9).
 pub const VM_DIED_EXIT_STATUS: u32 = 137;
 
@@ -89,7 +91,18 @@ impl Shim {
                 p.abort_io();
                 shim.finish(&p, VM_DIED_EXIT_STATUS).await;
             }
-            info!(shim.log, "all processes of the dead VM reported exited");
+            // Nothing can run in this pod any more: make sure containerd has heard, then
+            // exit so that its cleanup (`delete`) takes over. Later calls for the pod's
+            // containers then see a dead shim rather than hanging.
+            shim.publisher.flush(EVENT_FLUSH_LIMIT).await;
+            info!(
+                shim.log,
+                "all processes of the dead VM reported exited; shim exiting"
+            );
+            if let Ok(mut slot) = shim.pod.lock() {
+                *slot = PodSlot::Gone;
+            }
+            shim.request_exit();
         });
     }
 }
