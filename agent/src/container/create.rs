@@ -10,7 +10,7 @@ use oci_spec::runtime::Spec;
 use slog::{Logger, debug};
 
 use super::record::{Container, ExecSlot, Phase, Process, Slot};
-use super::{ContainerError, Containers, cgroup, ids, spec};
+use super::{ContainerError, Containers, cgroup, ids, spec, sysctl};
 use crate::helper::{HelperOutcome, HelperRequest, Operation, PassedStdio};
 use crate::stdio::{self, ContainerStdio, StdioRequest};
 
@@ -26,6 +26,19 @@ impl Containers {
         let kinds = stdio.kinds()?;
         let mut spec = spec::parse_spec(spec_json)?;
         spec::adjust_for_guest(&mut spec, id, &self.layout.shared_dir, stdio.terminal)?;
+        let shares_vm_network = !spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+            });
+        let pod_sysctls = if shares_vm_network {
+            sysctl::take_network_sysctls(&mut spec)?
+        } else {
+            Vec::new()
+        };
         if let Some(root) = spec.root().as_ref().map(|r| r.path().clone()) {
             if !tokio::fs::try_exists(&root).await.unwrap_or(false) {
                 return Err(ContainerError::RootfsMissing(root));
@@ -39,6 +52,13 @@ impl Containers {
             slots.insert(id.to_owned(), Slot::Reserved);
         }
         let log = self.log.new(slog::o!("container" => id.to_owned()));
+        if !pod_sysctls.is_empty() {
+            debug!(log, "applying pod network sysctls"; "count" => pod_sysctls.len());
+            if let Err(e) = apply_pod_sysctls(pod_sysctls).await {
+                self.slots().remove(id);
+                return Err(e);
+            }
+        }
         match self.create_reserved(id, &spec, stdio, &kinds, &log).await {
             Ok(process) => {
                 let pid = process.pid;
@@ -238,4 +258,19 @@ fn discard_leftovers(layout: &super::Layout, id: &str) {
         let _ = container.delete(true);
     }
     let _ = std::fs::remove_dir_all(layout.bundle(id));
+}
+
+/// Writes the pod's network sysctls (small /proc writes, off the async workers).
+async fn apply_pod_sysctls(sysctls: Vec<(String, String)>) -> Result<(), ContainerError> {
+    let write =
+        tokio::task::spawn_blocking(move || sysctl::apply(Path::new(sysctl::PROC_SYS), &sysctls));
+    match write.await {
+        Ok(result) => Ok(result?),
+        Err(join) => Err(sysctl::SysctlError::Write {
+            name: "pod network sysctls".into(),
+            value: String::new(),
+            source: std::io::Error::other(join.to_string()),
+        }
+        .into()),
+    }
 }

@@ -11,6 +11,7 @@ pub mod layout;
 mod lifecycle;
 mod record;
 pub mod spec;
+pub mod sysctl;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -64,6 +65,8 @@ pub enum ContainerError {
     InvalidId(#[from] ids::IdError),
     #[error(transparent)]
     InvalidSpec(#[from] spec::SpecError),
+    #[error(transparent)]
+    Sysctl(#[from] sysctl::SysctlError),
     #[error(transparent)]
     Stdio(#[from] StdioError),
     #[error(transparent)]

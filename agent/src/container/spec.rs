@@ -5,7 +5,8 @@
 //! - `root.path` must lie under the shared directory (the only place rootfs come from);
 //! - mount, pid, ipc and uts namespaces are always new (or joined, when a path is given);
 //! - the network namespace is dropped unless it names one to join: containers share the
-//!   VM's network, which *is* the pod's network namespace;
+//!   VM's network, which *is* the pod's network namespace (so the agent applies the pod's
+//!   `net.*` sysctls itself, see `sysctl`);
 //! - cgroups go to `/husk/<id>` on cgroup v2;
 //! - hooks (host binaries) and AppArmor/SELinux labels (absent in the guest) are removed.
 //!

@@ -22,9 +22,11 @@ pub fn container_code(e: &ContainerError) -> Code {
         | E::NotStarted(_)
         | E::Stopped(_)
         | E::RootfsMissing(_) => Code::FAILED_PRECONDITION,
-        E::InvalidSignal(_) | E::InvalidSize { .. } | E::InvalidId(_) | E::InvalidSpec(_) => {
-            Code::INVALID_ARGUMENT
-        }
+        E::InvalidSignal(_)
+        | E::InvalidSize { .. }
+        | E::InvalidId(_)
+        | E::InvalidSpec(_)
+        | E::Sysctl(_) => Code::INVALID_ARGUMENT,
         E::Stdio(StdioError::StderrWithTerminal) => Code::INVALID_ARGUMENT,
         E::Stdio(StdioError::NoTerminal) => Code::FAILED_PRECONDITION,
         E::Streams(RegistryError::NotAttached(_)) => Code::FAILED_PRECONDITION,
