@@ -12,6 +12,7 @@
 //! - creates OCI containers with youki's `libcontainer` ([`container`]), doing every forking
 //!   operation in a short-lived single-threaded helper process ([`helper`]).
 
+pub mod boot_timer;
 pub mod cmdline;
 pub mod container;
 pub mod exit_status;

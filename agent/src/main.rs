@@ -122,5 +122,16 @@ async fn serve(log: Logger) -> Result<Infallible> {
         .await
         .context("starting the servers")?;
     info!(log, "agent serving"; "uptime_ms" => serving_ms);
+    mark_boot_timer(&log);
     std::future::pending().await
+}
+
+/// Signals the monitor's boot-timer device, when the monitor announced one.
+fn mark_boot_timer(log: &Logger) {
+    let cmdline = std::fs::read_to_string(cmdline::PROC_CMDLINE).unwrap_or_default();
+    let marked = husk_agent::boot_timer::address(&cmdline)
+        .and_then(|addr| addr.map_or(Ok(()), husk_agent::boot_timer::signal_ready));
+    if let Err(e) = marked {
+        warn!(log, "boot timer not signalled"; "error" => %e);
+    }
 }

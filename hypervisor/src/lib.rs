@@ -5,6 +5,7 @@
 //! socket speaking Firecracker's `CONNECT <port>` protocol, see [`hybrid_client`]) and a
 //! virtio-fs share served by `virtiofsd`. [`probe`] decides which backend a host can run.
 
+pub mod builtin;
 mod child;
 pub mod fd_passing;
 pub mod hybrid_client;
@@ -17,6 +18,6 @@ pub mod vmm;
 pub mod vsock;
 
 pub use probe::{HostProbe, KvmSupport};
-pub use select::{BackendChoice, Selection, select};
+pub use select::{BackendChoice, Selection, select, select_with};
 pub use spec::{SharedFsSpec, VmSpec, VsockSpec};
 pub use vmm::{VmExit, VmHandle, Vmm, VmmError};

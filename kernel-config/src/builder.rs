@@ -91,6 +91,7 @@ pub struct KernelBuild {
     fragments: FragmentSet,
     cache_dir: PathBuf,
     jobs: usize,
+    log_name: String,
 }
 
 impl KernelBuild {
@@ -103,7 +104,17 @@ impl KernelBuild {
             fragments,
             cache_dir: kernel_cache_dir,
             jobs,
+            log_name: "build.log".into(),
         }
+    }
+
+    /// Names the recipe (e.g. `outer`): its log becomes `build-<name>.log`, so building a
+    /// second flavour does not overwrite the first one's log. The shared work directory
+    /// and lock are unchanged (flavours build one after the other).
+    #[must_use]
+    pub fn named(mut self, name: &str) -> Self {
+        self.log_name = format!("build-{name}.log");
+        self
     }
 
     /// The recipe's cache key.
@@ -120,7 +131,7 @@ impl KernelBuild {
 
     /// The build's log file.
     pub fn log_file(&self) -> PathBuf {
-        self.work_dir().join("build.log")
+        self.work_dir().join(&self.log_name)
     }
 
     fn work_dir(&self) -> PathBuf {

@@ -81,7 +81,8 @@ impl Request {
     }
 }
 
-/// The fragments of one kernel recipe, sorted by file name (byte order).
+/// The fragments of one kernel recipe in merge order: sorted by file name (byte order)
+/// within each layer, layers in the order they were added ([`FragmentSet::followed_by`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FragmentSet {
     fragments: Vec<Fragment>,
@@ -118,6 +119,19 @@ impl FragmentSet {
     pub fn from_fragments(mut fragments: Vec<Fragment>) -> Self {
         fragments.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         Self { fragments }
+    }
+
+    /// This set followed by `layer`, whose fragments are renamed `<prefix><name>` and
+    /// kept after this set's (no re-sorting): a second kernel flavour is "these fragments,
+    /// then those", and the prefixed names keep the two layers apart in the cache key.
+    #[must_use]
+    pub fn followed_by(mut self, prefix: &str, layer: FragmentSet) -> Self {
+        self.fragments
+            .extend(layer.fragments.into_iter().map(|f| Fragment {
+                name: format!("{prefix}{}", f.name),
+                contents: f.contents,
+            }));
+        self
     }
 
     /// The fragments in merge order.
@@ -201,6 +215,31 @@ mod tests {
         let names: Vec<_> = set.fragments().iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["10-a.conf", "20-b.conf"]);
         assert_eq!(set.merged(), b"CONFIG_A=y\nCONFIG_B=y\n");
+    }
+
+    #[test]
+    fn a_following_layer_keeps_its_order_and_prefixes_names() {
+        let base = FragmentSet::from_fragments(vec![frag("50-b.conf", "CONFIG_B=y\n")]);
+        let layer = FragmentSet::from_fragments(vec![
+            frag("10-a.conf", "CONFIG_B=n\n"),
+            frag("20-c.conf", "CONFIG_C=y\n"),
+        ]);
+        let set = base.followed_by("outer/", layer);
+        let names: Vec<_> = set.fragments().iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["50-b.conf", "outer/10-a.conf", "outer/20-c.conf"]);
+        // The later layer wins, as KCONFIG_ALLCONFIG reads it.
+        assert_eq!(
+            set.requests(),
+            vec![
+                Request::Unset {
+                    symbol: "CONFIG_B".into()
+                },
+                Request::Set {
+                    symbol: "CONFIG_C".into(),
+                    line: "CONFIG_C=y".into()
+                },
+            ]
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //!
 //! First 16 hex digits of the SHA-256 of:
 //! `"husk-kernel-recipe-1\n"`, then `"linux-source-6.1 <version>\n"`, then for each
-//! fragment sorted by file name: `<file name>\n<contents verbatim>`.
+//! fragment sorted by file name: `<file name>\n<contents verbatim>`. A flavour with a
+//! second layer of fragments (the outer kernel, see [`crate::Flavour`]) hashes that layer
+//! after the first, its names prefixed (`outer/80-host-9p.conf`), so its key differs from
+//! the guest's while the guest's key stays what it always was.
 //!
 //! This is byte-for-byte what the reference shell computed
 //! (`printf 'husk-kernel-recipe-1\nlinux-source-6.1 %s\n' "$VER"; for f in ...; do

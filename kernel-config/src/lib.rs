@@ -10,10 +10,15 @@
 //! verbatim in the final `.config` (a dependency was missing or the symbol was renamed):
 //! a silently dropped option otherwise shows up much later as a guest that cannot mount
 //! virtio-fs or talk vsock.
+//!
+//! A second [`Flavour`] shares the machinery: the outer kernel of the nested-KVM test host
+//! (the guest fragments, then `kernel-config/outer/`), cached under its own key; the
+//! guest's key does not change because the outer flavour exists.
 
 mod builder;
 mod cache;
 mod exec;
+mod flavour;
 mod fragments;
 mod key;
 mod source;
@@ -21,6 +26,7 @@ mod source;
 pub use builder::{BuildError, BuildOutcome, KernelBuild};
 pub use cache::{CACHE_DIR_ENV, CacheError, KernelArtifacts, cache_root, kernel_cache_dir};
 pub use exec::ExecError;
+pub use flavour::Flavour;
 pub use fragments::{Fragment, FragmentError, FragmentSet, Request, unmet_requests};
 pub use key::{CacheKey, RECIPE_TAG, cache_key};
 pub use source::{KernelSource, SOURCE_PACKAGE, SOURCE_TARBALL, SourceError};

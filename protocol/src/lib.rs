@@ -44,3 +44,10 @@ pub const SHARED_DIR_GUEST: &str = "/run/husk/shared";
 pub const ROOTFS_DIR: &str = "rootfs";
 /// Kernel command-line key that sets the agent's log level (e.g. `husk.log=debug`).
 pub const LOG_LEVEL_CMDLINE_KEY: &str = "husk.log";
+/// Kernel command-line key naming the physical address of the monitor's boot-timer page
+/// (e.g. `husk.boot_timer=0xd0000000`). Only monitors that have the device pass it; the
+/// agent then writes [`BOOT_TIMER_MAGIC`] there once it serves, and the monitor logs the time
+/// since the VM was created.
+pub const BOOT_TIMER_CMDLINE_KEY: &str = "husk.boot_timer";
+/// The byte that means "the agent is ready".
+pub const BOOT_TIMER_MAGIC: u8 = 123;

@@ -31,9 +31,10 @@ pub fn run() -> Result<bool> {
         KvmSupport::Usable => println!("kvm: usable"),
         KvmSupport::Unusable(why) => println!("kvm: unusable ({why})"),
     }
-    match husk_hypervisor::select(
+    match husk_hypervisor::select_with(
         config.hypervisor.backend,
         &config.hypervisor.qemu_path,
+        &config.hypervisor.vmm_path,
         &probe,
     ) {
         Ok(s) => println!("vmm: {} ({})", s.vmm.name(), s.reason),

@@ -43,6 +43,8 @@ pub struct Config {
 pub struct HypervisorConfig {
     pub backend: BackendChoice,
     pub qemu_path: String,
+    /// husk's own monitor: a path, or a name looked up beside the shim, then on PATH.
+    pub vmm_path: String,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     /// VM size when the pod has no CPU/memory limits (best-effort pods, `ctr run`).
@@ -86,6 +88,7 @@ impl Default for HypervisorConfig {
         Self {
             backend: BackendChoice::Auto,
             qemu_path: "qemu-system-x86_64".into(),
+            vmm_path: "husk-vmm".into(),
             kernel: "/usr/share/husk/vmlinuz".into(),
             initrd: "/usr/share/husk/initrd.img".into(),
             vcpus: 1,

@@ -49,9 +49,10 @@ impl Pod {
         log: &Logger,
     ) -> Result<Self, PodError> {
         let log = log.new(slog::o!("sandbox" => id.to_string()));
-        let selection = husk_hypervisor::select(
+        let selection = husk_hypervisor::select_with(
             config.hypervisor.backend,
             &config.hypervisor.qemu_path,
+            &config.hypervisor.vmm_path,
             &HostProbe::default(),
         )?;
         info!(log, "hypervisor selected"; "vmm" => selection.vmm.name(), "reason" => &selection.reason);

@@ -3,8 +3,8 @@
 //! Output: stream → fifo until the agent closes the stream (the process side hit EOF); the
 //! caller waits for that before it reports the exit, so nothing the process wrote is lost.
 //! If containerd's reader goes away the stream is still drained, so the guest never blocks
-//! on a dead reader. Input: fifo → stream until CloseIO, which first delivers what is still
-//! in the fifo, then half-closes the stream.
+//! on a dead reader. Input: fifo → stream until the client closes its end or sends CloseIO
+//! (which first delivers what is still in the fifo), then the stream is half-closed.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -166,11 +166,12 @@ fn fifo_err(path: &str) -> impl FnOnce(std::io::Error) -> StdioError + '_ {
     }
 }
 
-/// Read-write so the fifo never reports EOF while containerd has not opened its end yet;
-/// the end of input is signalled by CloseIO instead.
+/// Read-only and non-blocking: the open never waits for the client, and Linux reports
+/// end-of-file on a fifo only after a writer has come and gone since it was opened, so the
+/// input ends when the client closes its end (or at CloseIO, whichever comes first) and
+/// not before the client arrives.
 fn open_input_fifo(path: &str) -> Result<pipe::Receiver, StdioError> {
     pipe::OpenOptions::new()
-        .read_write(true)
         .open_receiver(path)
         .map_err(fifo_err(path))
 }
@@ -302,6 +303,33 @@ mod tests {
         guest.write_all(&vec![7u8; 4 * COPY_BUFFER]).await.unwrap();
         guest.shutdown().await.unwrap();
         pump.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn input_ends_when_the_writer_closes_not_before_it_arrives() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("in");
+        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
+        let fifo = open_input_fifo(path.to_str().unwrap()).unwrap();
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        let pump = tokio::spawn(pump_input(fifo, host, Arc::new(Notify::new()), log()));
+        // No writer yet: the stream must stay open.
+        let mut byte = [0u8; 1];
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(200), guest.read(&mut byte))
+                .await;
+        assert!(
+            early.is_err(),
+            "input ended before any writer arrived: {early:?}"
+        );
+        {
+            let mut w = pipe::OpenOptions::new().open_sender(&path).unwrap();
+            w.write_all(b"all of it").await.unwrap();
+        }
+        let mut got = Vec::new();
+        guest.read_to_end(&mut got).await.unwrap();
+        pump.await.unwrap();
+        assert_eq!(got, b"all of it");
     }
 
     #[tokio::test]

@@ -233,20 +233,31 @@ pub fn containerd2_from_cache(cache_root: &Path) -> Result<PathBuf, ContainerdEr
     let current = cache_root
         .join(CONTAINERD2_CACHE_DIR)
         .join(CONTAINERD2_CURRENT);
-    let version = fs::read_to_string(&current).map_err(|e| ContainerdError::Containerd2Missing {
-        reason: format!("{CONTAINERD2_ENV} is not set and {} is unreadable ({e})", current.display()),
-    })?;
+    let version =
+        fs::read_to_string(&current).map_err(|e| ContainerdError::Containerd2Missing {
+            reason: format!(
+                "{CONTAINERD2_ENV} is not set and {} is unreadable ({e})",
+                current.display()
+            ),
+        })?;
     let version = version.trim();
     if version.is_empty() || version.contains('/') || version.starts_with('.') {
         return Err(ContainerdError::Containerd2Missing {
-            reason: format!("{} names no version directory: {version:?}", current.display()),
+            reason: format!(
+                "{} names no version directory: {version:?}",
+                current.display()
+            ),
         });
     }
     let dir = containerd2_bin_dir(cache_root, version);
     let missing = missing_containerd2_binaries(&dir);
     if !missing.is_empty() {
         return Err(ContainerdError::Containerd2Missing {
-            reason: format!("{} (named by {}) lacks {missing:?}", dir.display(), current.display()),
+            reason: format!(
+                "{} (named by {}) lacks {missing:?}",
+                dir.display(),
+                current.display()
+            ),
         });
     }
     Ok(dir)
@@ -259,7 +270,10 @@ pub fn containerd2_dir() -> Result<PathBuf, ContainerdError> {
         let dir = PathBuf::from(dir);
         if !dir.is_absolute() {
             return Err(ContainerdError::Containerd2Missing {
-                reason: format!("{CONTAINERD2_ENV}={} must be an absolute path", dir.display()),
+                reason: format!(
+                    "{CONTAINERD2_ENV}={} must be an absolute path",
+                    dir.display()
+                ),
             });
         }
         let missing = missing_containerd2_binaries(&dir);
@@ -270,9 +284,10 @@ pub fn containerd2_dir() -> Result<PathBuf, ContainerdError> {
         }
         return Ok(dir);
     }
-    let cache = husk_kernel_config::cache_root().map_err(|e| ContainerdError::Containerd2Missing {
-        reason: format!("{CONTAINERD2_ENV} is not set and the husk cache is unknown ({e})"),
-    })?;
+    let cache =
+        husk_kernel_config::cache_root().map_err(|e| ContainerdError::Containerd2Missing {
+            reason: format!("{CONTAINERD2_ENV} is not set and the husk cache is unknown ({e})"),
+        })?;
     containerd2_from_cache(&cache)
 }
 
@@ -618,12 +633,27 @@ mod tests {
     }
 
     #[test]
+    fn shim_sockets_are_named_alike_under_containerd_2() {
+        // Observed with containerd 2.1.9: the shim of ns husk-test, id u2, address
+        // /tmp/c2exp/t1/cd.sock listened on this socket (the leak checker relies on it).
+        assert_eq!(
+            crate::leaks::shim_socket_path(Path::new("/tmp/c2exp/t1/cd.sock"), "husk-test", "u2"),
+            Path::new(
+                "/run/containerd/s/115a48964980d6199ba40471a0990d72218c01514fe1b5e6918b401941070db4"
+            )
+        );
+    }
+
+    #[test]
     fn versions_parse_for_both_releases() {
         let v16 = "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3\n";
         let v2 = "containerd github.com/containerd/containerd/v2 2.1.9+unknown \n";
         assert_eq!(parse_version(v16).as_deref(), Some("1.6.20~ds1"));
         assert_eq!(parse_version(v2).as_deref(), Some("2.1.9+unknown"));
-        assert_eq!(parse_version("containerd x v2.0.0").as_deref(), Some("2.0.0"));
+        assert_eq!(
+            parse_version("containerd x v2.0.0").as_deref(),
+            Some("2.0.0")
+        );
         assert_eq!(parse_version("garbage"), None);
         assert_eq!(major_version("2.1.9+unknown"), Some(2));
         assert!(ContainerdFlavour::V2.accepts("2.1.9+unknown").is_ok());
@@ -644,7 +674,10 @@ mod tests {
         fs::create_dir_all(&bin).unwrap();
         fs::write(bin.join("containerd"), "").unwrap();
         let err = containerd2_from_cache(&root).unwrap_err().to_string();
-        assert!(err.contains("[\"ctr\"]") && err.contains("cargo xtask deps"), "{err}");
+        assert!(
+            err.contains("[\"ctr\"]") && err.contains("cargo xtask deps"),
+            "{err}"
+        );
         fs::write(bin.join("ctr"), "").unwrap();
         assert_eq!(containerd2_from_cache(&root).unwrap(), bin);
         fs::write(base.join(CONTAINERD2_CURRENT), "../x\n").unwrap();

@@ -147,6 +147,11 @@ impl Ctr {
             .collect())
     }
 
+    /// The daemon's version, from the `Server:` part of `ctr version`.
+    pub fn server_version(&self) -> Result<Option<String>, CmdError> {
+        Ok(server_version(&self.checked(["version"])?.stdout_text()))
+    }
+
     /// Container ids (`ctr containers ls -q`).
     pub fn containers(&self) -> Result<Vec<String>, CmdError> {
         self.list(&["containers", "ls", "-q"])
@@ -185,5 +190,25 @@ impl Ctr {
             }
             thread::sleep(POLL);
         }
+    }
+}
+
+/// The `Version:` line after `Server:` in `ctr version` output.
+fn server_version(text: &str) -> Option<String> {
+    text.lines()
+        .skip_while(|l| l.trim() != "Server:")
+        .find_map(|l| l.trim().strip_prefix("Version:"))
+        .map(|v| v.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_version_is_read_from_the_server_part() {
+        let out = "Client:\n  Version:  2.1.9+unknown\n  Revision: \n\nServer:\n  Version:  2.1.8\n  UUID: x\n";
+        assert_eq!(server_version(out).as_deref(), Some("2.1.8"));
+        assert_eq!(server_version("Client:\n  Version: 1\n"), None);
     }
 }

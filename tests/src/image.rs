@@ -4,6 +4,10 @@
 //! confuses CRI). Built once per busybox binary and cached in
 //! `<cache>/images/busybox-<key>/{image.tar,rootfs/}`; the unpacked `rootfs/` serves
 //! tests that need a plain bundle rootfs.
+//!
+//! The same root with `sleep 2147483647` as its command is CRI's local pause image
+//! ([`PAUSE_IMAGE_REF`], `<cache>/images/pause-<key>/`): containerd's `sandbox_image`
+//! points at it, so RunPodSandbox never pulls.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -16,6 +20,11 @@ use crate::cmd::{Cmd, CmdError};
 
 /// The image reference tests run.
 pub const IMAGE_REF: &str = "docker.io/library/busybox-local:latest";
+/// The local pause image (CRI `sandbox_image`), a full reference like [`IMAGE_REF`].
+pub const PAUSE_IMAGE_REF: &str = "docker.io/library/husk-pause:latest";
+/// The pause image's command: sleeps as PID 1 (ignoring SIGTERM; CRI stops sandboxes
+/// with SIGKILL).
+pub const PAUSE_COMMAND: [&str; 2] = ["sleep", "2147483647"];
 /// The static busybox from Debian's `busybox-static`.
 pub const BUSYBOX: &str = "/bin/busybox";
 /// Versions the image recipe; bump when the layout below changes.
@@ -67,10 +76,39 @@ pub struct BusyboxImage {
     pub rootfs: PathBuf,
 }
 
+/// What distinguishes the images built here: name (cache directory prefix), reference and
+/// command.
+struct Recipe {
+    name: &'static str,
+    reference: &'static str,
+    cmd: &'static [&'static str],
+}
+
+const BUSYBOX_RECIPE: Recipe = Recipe {
+    name: "busybox",
+    reference: IMAGE_REF,
+    cmd: &["sh"],
+};
+
+const PAUSE_RECIPE: Recipe = Recipe {
+    name: "pause",
+    reference: PAUSE_IMAGE_REF,
+    cmd: &PAUSE_COMMAND,
+};
+
 impl BusyboxImage {
     /// Returns the cached image under `cache_root`, building it if needed. Concurrent
     /// callers may both build; the first rename wins and the other result is dropped.
     pub fn ensure(cache_root: &Path) -> Result<Self, ImageError> {
+        Self::ensure_recipe(cache_root, &BUSYBOX_RECIPE)
+    }
+
+    /// The local pause image ([`PAUSE_IMAGE_REF`]), cached like [`BusyboxImage::ensure`].
+    pub fn ensure_pause(cache_root: &Path) -> Result<Self, ImageError> {
+        Self::ensure_recipe(cache_root, &PAUSE_RECIPE)
+    }
+
+    fn ensure_recipe(cache_root: &Path, recipe: &Recipe) -> Result<Self, ImageError> {
         let busybox = fs::read(BUSYBOX).map_err(|e| ImageError::Busybox {
             reason: e.to_string(),
         })?;
@@ -81,11 +119,15 @@ impl BusyboxImage {
         h.update(RECIPE.as_bytes());
         h.update(b"\n");
         h.update(&busybox);
+        if recipe.name != BUSYBOX_RECIPE.name {
+            // (The busybox image keeps the key it always had.)
+            h.update(format!("\n{}\n{:?}", recipe.reference, recipe.cmd).as_bytes());
+        }
         let key = &hex::encode(h.finalize())[..16];
         let images = cache_root.join("images");
-        let dir = images.join(format!("busybox-{key}"));
+        let dir = images.join(format!("{}-{key}", recipe.name));
         let image = Self {
-            reference: IMAGE_REF.to_owned(),
+            reference: recipe.reference.to_owned(),
             archive: dir.join("image.tar"),
             rootfs: dir.join("rootfs"),
         };
@@ -93,12 +135,12 @@ impl BusyboxImage {
             return Ok(image);
         }
         fs::create_dir_all(&images).map_err(io(&images))?;
-        let tmp = images.join(format!(".tmp-{key}-{}", std::process::id()));
+        let tmp = images.join(format!(".tmp-{}-{key}-{}", recipe.name, std::process::id()));
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         fs::create_dir(&tmp).map_err(io(&tmp))?;
-        let built = build(&tmp);
+        let built = build(&tmp, recipe);
         let stored = built.and_then(|()| match fs::rename(&tmp, &dir) {
             Ok(()) => Ok(()),
             // Another test stored the same key first.
@@ -121,22 +163,21 @@ fn umoci(args: &[&str]) -> Result<(), CmdError> {
 }
 
 /// Builds `image.tar` and `rootfs/` in `work`.
-fn build(work: &Path) -> Result<(), ImageError> {
+fn build(work: &Path, recipe: &Recipe) -> Result<(), ImageError> {
     let layout = work.join("oci");
     let bundle = work.join("bundle");
     let (layout_s, bundle_s) = (layout.to_string_lossy(), bundle.to_string_lossy());
-    let image = format!("{layout_s}:{IMAGE_REF}");
+    let image = format!("{layout_s}:{}", recipe.reference);
     umoci(&["init", "--layout", &layout_s])?;
     umoci(&["new", "--image", &image])?;
     umoci(&["unpack", "--image", &image, &bundle_s])?;
     populate(&bundle.join("rootfs"))?;
     umoci(&["repack", "--image", &image, &bundle_s])?;
-    umoci(&[
-        "config",
-        "--image",
-        &image,
-        "--config.cmd",
-        "sh",
+    let mut config = vec!["config", "--image", &image];
+    for word in recipe.cmd {
+        config.extend(["--config.cmd", word]);
+    }
+    config.extend([
         "--config.env",
         IMAGE_PATH,
         "--config.workingdir",
@@ -145,7 +186,8 @@ fn build(work: &Path) -> Result<(), ImageError> {
         "linux",
         "--architecture",
         "amd64",
-    ])?;
+    ]);
+    umoci(&config)?;
     umoci(&["gc", "--layout", &layout_s])?;
     Cmd::new("tar")
         .arg("-C")

@@ -7,12 +7,18 @@
 //! [`leaks`]). The husk tests need the build artifacts: `cargo xtask test` builds them
 //! and passes their directory as `HUSK_ARTIFACTS`.
 //!
+//! Tests run the machine's containerd (1.6 on Debian 12) or, with
+//! [`ContainerdFlavour::V2`], containerd 2.x fetched by `cargo xtask deps` (found through
+//! `HUSK_CONTAINERD2` or the husk cache, see [`containerd::containerd2_dir`]).
+//!
 //! The helpers ([`cmd::Cmd`], [`Containerd`], [`BusyboxImage`], [`HuskConfig`]) are
 //! also what `cargo xtask` uses for `demo` and `build`.
 
 pub mod artifacts;
 pub mod cmd;
 pub mod containerd;
+#[cfg(feature = "cri")]
+pub mod cri;
 pub mod ctr;
 pub mod faults;
 pub mod husk_config;
@@ -20,13 +26,14 @@ pub mod image;
 pub mod kernel_release;
 pub mod leaks;
 pub mod mounts;
+pub mod nested;
 pub mod procfs;
 pub mod scope;
 pub mod testbed;
 
 pub use artifacts::{ARTIFACTS_ENV, Artifacts, HUSK_RUNTIME, RUNC_RUNTIME, SHIM_BINARY};
 pub use cmd::{Cmd, CmdError, Output};
-pub use containerd::{Containerd, ContainerdOptions};
+pub use containerd::{Containerd, ContainerdFlavour, ContainerdOptions};
 pub use ctr::Ctr;
 pub use husk_config::{Backend, HuskConfig};
 pub use image::{BusyboxImage, IMAGE_REF};

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::artifacts::{Artifacts, ArtifactsError, HUSK_RUNTIME, RUNC_RUNTIME};
 use crate::cmd::Cmd;
-use crate::containerd::{Containerd, ContainerdError, ContainerdOptions};
+use crate::containerd::{Containerd, ContainerdError, ContainerdFlavour, ContainerdOptions};
 use crate::ctr::{Ctr, CtrError};
 use crate::husk_config::{ConfigError, HuskConfig};
 use crate::image::{BusyboxImage, ImageError};
@@ -100,9 +100,17 @@ pub struct TestBedBuilder {
     name: String,
     runtime: Runtime,
     husk_config: Option<HuskConfig>,
+    flavour: ContainerdFlavour,
 }
 
 impl TestBedBuilder {
+    /// Runs this containerd (default: the system's, 1.6 on Debian 12) and its own `ctr`.
+    #[must_use]
+    pub fn containerd(mut self, flavour: ContainerdFlavour) -> Self {
+        self.flavour = flavour;
+        self
+    }
+
     /// Runs the shim with this config instead of `<artifacts>/config.toml`.
     #[must_use]
     pub fn husk_config(mut self, config: HuskConfig) -> Self {
@@ -113,7 +121,10 @@ impl TestBedBuilder {
     /// Creates the test directory, starts containerd and imports the image.
     pub fn start(self) -> Result<TestBed, TestBedError> {
         let scope = TestScope::new(&self.name)?;
-        let mut opts = ContainerdOptions::default();
+        let mut opts = ContainerdOptions {
+            flavour: self.flavour,
+            ..ContainerdOptions::default()
+        };
         if self.runtime == Runtime::Husk || self.husk_config.is_some() {
             let artifacts = Artifacts::from_env()?;
             opts.shim_dir = Some(artifacts.dir().to_owned());
@@ -128,6 +139,12 @@ impl TestBedBuilder {
         }
         let image = BusyboxImage::ensure(&husk_kernel_config::cache_root()?)?;
         let containerd = Containerd::start(&scope, &opts)?;
+        eprintln!(
+            "husk-tests: {} {} ({})",
+            containerd.flavour(),
+            containerd.version(),
+            containerd.binaries().containerd.display()
+        );
         let since = containerd
             .pid()
             .and_then(read_process)
@@ -140,7 +157,8 @@ impl TestBedBuilder {
             containerd.address(),
             TEST_NAMESPACE,
             self.runtime.ctr_timeout(),
-        );
+        )
+        .with_program(&containerd.binaries().ctr);
         ctr.import(&image.archive, &image.reference)?;
         Ok(TestBed {
             containerd,
@@ -181,6 +199,7 @@ impl TestBed {
             name: name.to_owned(),
             runtime,
             husk_config: None,
+            flavour: ContainerdFlavour::default(),
         }
     }
 

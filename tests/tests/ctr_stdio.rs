@@ -23,3 +23,8 @@ fn stdin_is_passed_through() -> Result<()> {
 fn tty_is_a_terminal() -> Result<()> {
     common::run("tty", Runtime::Husk, common::tty_is_a_terminal)
 }
+
+#[test]
+fn short_stdin_ends_the_input() -> Result<()> {
+    common::run("shortin", Runtime::Husk, common::short_stdin_ends_the_input)
+}

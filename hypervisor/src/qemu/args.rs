@@ -52,7 +52,12 @@ pub fn qemu_args(spec: &VmSpec, accel: Accel, vhost_vsock: &Path, virtiofsd: &Pa
     push(&["-machine", "q35,memory-backend=mem"]);
     push(&["-accel", accel_name]);
     push(&["-cpu", cpu]);
-    push(&["-smp", &spec.vcpus.to_string()]);
+    // One CPU per socket: the guest has no ACPI and finds CPUs in the firmware's MP table,
+    // which lists only the first CPU of each socket.
+    push(&[
+        "-smp",
+        &format!("{0},sockets={0},cores=1,threads=1", spec.vcpus),
+    ]);
     push(&["-m", &format!("{mem}M")]);
     push(&[
         "-object",
@@ -75,6 +80,9 @@ pub fn qemu_args(spec: &VmSpec, accel: Accel, vhost_vsock: &Path, virtiofsd: &Pa
     ]);
     // The guest CID is the vhost-user backend's to announce, not a device property.
     push(&["-device", "vhost-user-vsock-pci,chardev=vsock"]);
+    // Pages the guest frees go back to the host (free page reporting), so memory touched
+    // once during boot (initramfs copies) does not stay resident for the pod's lifetime.
+    push(&["-device", "virtio-balloon-pci,free-page-reporting=on"]);
     push(&[
         "-chardev",
         &format!("socket,id=fs,path={}", virtiofsd.display()),
@@ -150,7 +158,7 @@ mod tests {
         let append = value_of(&a, "-append")[0];
         assert!(append.contains("tsc_early_khz=2600000"), "{append}");
         assert!(append.ends_with("husk.log=debug"), "{append}");
-        assert_eq!(value_of(&a, "-smp"), ["2"]);
+        assert_eq!(value_of(&a, "-smp"), ["2,sockets=2,cores=1,threads=1"]);
         assert_eq!(value_of(&a, "-m"), ["512M"]);
         assert!(value_of(&a, "-object")[0].contains("size=512M,share=on"));
     }
@@ -179,6 +187,7 @@ mod tests {
         assert!(chardevs.contains(&"socket,id=fs,path=/fs"));
         let devices = value_of(&a, "-device");
         assert!(devices.contains(&"vhost-user-vsock-pci,chardev=vsock"));
+        assert!(devices.contains(&"virtio-balloon-pci,free-page-reporting=on"));
         assert!(
             devices
                 .iter()

@@ -37,7 +37,7 @@ pub mod server;
 pub mod vhost_user;
 
 #[cfg(test)]
-mod test_utils;
+pub(crate) mod test_utils;
 
 pub use device::VsockDevice;
 pub use server::{VhostUserVsock, VhostUserVsockConfig, VsockError};

@@ -110,8 +110,8 @@ fn measure(
         runc_first.push(f);
         runc_total.push(t);
     }
-    step("memory of one idle pod");
-    let memory = idle_pod_memory(&ctr, &image.reference, &scope.id("idle"))?;
+    step("memory and CPU of one idle pod");
+    let idle = idle_pod(&ctr, &image.reference, &scope.id("idle"))?;
 
     let mut r = String::from("# husk benchmarks\n\n");
     r.push_str(&format!(
@@ -141,7 +141,7 @@ fn measure(
         "## Memory of one idle pod (`sleep` container)\n\n| process | PSS | RSS |\n|---|---|---|\n",
     );
     let (mut pss, mut rss) = (0, 0);
-    for (name, p, r_kib) in &memory {
+    for (name, p, r_kib) in &idle.memory {
         r.push_str(&format!(
             "| {name} | {:.1} MiB | {:.1} MiB |\n",
             *p as f64 / 1024.0,
@@ -155,6 +155,7 @@ fn measure(
         pss as f64 / 1024.0,
         rss as f64 / 1024.0
     ));
+    r.push_str(&format!("\nIdle CPU of the pod (all its host processes, averaged over {} s): **{:.0} millicores**.\n", CPU_WINDOW.as_secs(), idle.millicores));
     r.push_str("\nMethod: `ctr run -d … sleep 1000`, wait until RUNNING plus 3 s, then sum `Pss`/`Rss` from `/proc/<pid>/smaps_rollup` of every process whose command line names the pod (shim, QEMU, virtiofsd). Guest RAM is a shared memfd: QEMU's PSS counts the guest pages the guest has touched.\n");
     Ok(r)
 }
@@ -257,8 +258,20 @@ fn bare_boot(artifacts: &Artifacts) -> Result<Duration> {
     found.context("the agent never printed its first line")
 }
 
-/// `(process, PSS KiB, RSS KiB)` for each process of an idle pod.
-fn idle_pod_memory(ctr: &Ctr, image: &str, id: &str) -> Result<Vec<(String, u64, u64)>> {
+/// Memory and CPU of one idle pod.
+struct IdlePod {
+    /// `(process, PSS KiB, RSS KiB)` for each process of the pod.
+    memory: Vec<(String, u64, u64)>,
+    /// CPU time all of them used while idle, in thousandths of a CPU.
+    millicores: f64,
+}
+
+/// Clock ticks per second of /proc/<pid>/stat times (USER_HZ).
+const USER_HZ: f64 = 100.0;
+/// How long idle CPU use is averaged over.
+const CPU_WINDOW: Duration = Duration::from_secs(10);
+
+fn idle_pod(ctr: &Ctr, image: &str, id: &str) -> Result<IdlePod> {
     ctr.checked([
         "run",
         "-d",
@@ -272,35 +285,62 @@ fn idle_pod_memory(ctr: &Ctr, image: &str, id: &str) -> Result<Vec<(String, u64,
     let measured = (|| {
         ctr.wait_task_status(id, "RUNNING", RUN_TIMEOUT)?;
         std::thread::sleep(SETTLE);
-        let mut out = Vec::new();
-        for p in snapshot()
+        let pids: Vec<(String, i32)> = snapshot()
             .into_iter()
             .filter(|p| p.mentions(id) && !p.is_zombie())
-        {
-            let name = p.name();
-            if !["containerd-shim-husk-v2", "qemu-system-x86_64", "virtiofsd"]
-                .contains(&name.as_str())
-            {
-                continue;
-            }
-            let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", p.pid))
-                .unwrap_or_default();
-            out.push((
-                format!("{name} (pid {})", p.pid),
-                field_kib(&rollup, "Pss:"),
-                field_kib(&rollup, "Rss:"),
-            ));
-        }
-        anyhow::Ok(out)
+            .filter(|p| {
+                ["containerd-shim-husk-v2", "qemu-system-x86_64", "virtiofsd"]
+                    .contains(&p.name().as_str())
+            })
+            .map(|p| (p.name(), p.pid))
+            .collect();
+        let ticks =
+            |pids: &[(String, i32)]| pids.iter().map(|(_, pid)| cpu_ticks(*pid)).sum::<u64>();
+        let before = ticks(&pids);
+        std::thread::sleep(CPU_WINDOW);
+        let used = ticks(&pids).saturating_sub(before) as f64 / USER_HZ;
+        let memory = pids
+            .iter()
+            .map(|(name, pid)| {
+                let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+                    .unwrap_or_default();
+                (
+                    format!("{name} (pid {pid})"),
+                    field_kib(&rollup, "Pss:"),
+                    field_kib(&rollup, "Rss:"),
+                )
+            })
+            .collect();
+        anyhow::Ok(IdlePod {
+            memory,
+            millicores: used / CPU_WINDOW.as_secs_f64() * 1000.0,
+        })
     })();
     let _ = ctr.run(["task", "kill", "-s", "SIGKILL", id]);
     let _ = ctr.run(["task", "delete", "-f", id]);
     let _ = ctr.run(["container", "rm", id]);
-    let out = measured?;
-    if out.is_empty() {
+    let pod = measured?;
+    if pod.memory.is_empty() {
         bail!("found no processes of the idle pod {id}");
     }
-    Ok(out)
+    Ok(pod)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
 }
 
 fn field_kib(text: &str, key: &str) -> u64 {

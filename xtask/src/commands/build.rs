@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use husk_tests::nested::{OUTER_KERNEL, VMM_BINARY};
 use husk_tests::{Artifacts, HuskConfig, SHIM_BINARY};
 
 use super::{deps, initramfs, kernel};
@@ -15,12 +16,15 @@ use crate::workspace::Workspace;
 const SHIM_BUILD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// deps + kernel + initramfs + shim, then `target/husk/{vmlinuz, vmlinux, initrd.img,
-/// containerd-shim-husk-v2, virtiofsd, config.toml}`.
+/// containerd-shim-husk-v2, virtiofsd, config.toml}`; then the built-in monitor
+/// (`husk-vmm`, when hypervisor/ has that binary) and the nested test host's kernel
+/// (`outer-vmlinuz`), which only the nested-KVM tests need — built last, so a failure
+/// there leaves the rest of the artifacts usable.
 pub fn run(ws: &Workspace) -> Result<Artifacts> {
     deps::run(ws)?;
     let kernel = kernel::run(ws)?;
     initramfs::run(ws, None)?;
-    let shim = build_shim(ws)?;
+    let bins = build_binaries(ws)?;
 
     let artifacts = Artifacts::new(&ws.artifacts_dir);
     step(format!(
@@ -29,7 +33,7 @@ pub fn run(ws: &Workspace) -> Result<Artifacts> {
     ));
     copy_atomic(&kernel.bz_image(), &artifacts.kernel(), 0o644)?;
     copy_atomic(&kernel.vmlinux(), &artifacts.vmlinux(), 0o644)?;
-    copy_atomic(&shim, &artifacts.shim(), 0o755)?;
+    copy_atomic(&bins.shim, &artifacts.shim(), 0o755)?;
     copy_atomic(&ws.virtiofsd(), &artifacts.virtiofsd(), 0o755)?;
     HuskConfig::for_artifacts(&artifacts)
         .write(
@@ -42,25 +46,61 @@ pub fn run(ws: &Workspace) -> Result<Artifacts> {
     for f in Artifacts::FILES {
         note(artifacts.dir().join(f).display().to_string());
     }
+    let vmm = artifacts.dir().join(VMM_BINARY);
+    match &bins.vmm {
+        Some(built) => {
+            copy_atomic(built, &vmm, 0o755)?;
+            note(vmm.display().to_string());
+        }
+        None => anyhow::bail!(
+            "{VMM_BINARY} was not built: husk-hypervisor must have a `{VMM_BINARY}` binary target"
+        ),
+    }
+
+    let outer = kernel::outer(ws)?;
+    let outer_kernel = artifacts.dir().join(OUTER_KERNEL);
+    copy_atomic(&outer.bz_image(), &outer_kernel, 0o644)?;
+    note(outer_kernel.display().to_string());
     Ok(artifacts)
 }
 
-fn build_shim(ws: &Workspace) -> Result<PathBuf> {
-    step("building the shim: cargo build --release -p husk-shim");
+/// The release binaries `build` collects.
+struct Binaries {
+    shim: PathBuf,
+    /// `None` if the hypervisor crate had no `husk-vmm` binary (an error for the caller).
+    vmm: Option<PathBuf>,
+}
+
+/// One cargo invocation for the shim and the built-in monitor, so they share the
+/// compiled `husk-hypervisor` library.
+fn build_binaries(ws: &Workspace) -> Result<Binaries> {
+    step(
+        "building the shim and the monitor: cargo build --release -p husk-shim -p husk-hypervisor --bins",
+    );
     ws.cargo()
-        .args(["build", "--release", "-p", "husk-shim"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "husk-shim",
+            "-p",
+            "husk-hypervisor",
+            "--bins",
+        ])
         .timeout(SHIM_BUILD_TIMEOUT)
         .run_inherit()
-        .context("building husk-shim")?;
-    let bin = ws.target_dir.join("release").join(SHIM_BINARY);
-    if !bin.is_file() {
+        .context("building husk-shim and husk-hypervisor")?;
+    let release = ws.target_dir.join("release");
+    let shim = release.join(SHIM_BINARY);
+    if !shim.is_file() {
         bail!(
             "cargo built package husk-shim but {} does not exist: the package needs a binary \
              target named `{SHIM_BINARY}`",
-            bin.display()
+            shim.display()
         );
     }
-    Ok(bin)
+    let vmm = Some(release.join(VMM_BINARY)).filter(|p| p.is_file());
+    Ok(Binaries { shim, vmm })
 }
 
 /// Copies `from` to `to` via a temporary file in the destination directory and a

@@ -1,5 +1,8 @@
 //! `cargo xtask deps`: installs what building and testing husk need on Debian 12,
-//! skipping what is already there.
+//! skipping what is already there — including containerd 2.x for the tests, unpacked into
+//! the husk cache (see [`containerd2`]).
+
+pub mod containerd2;
 
 use std::time::Duration;
 
@@ -40,11 +43,13 @@ const APT_INSTALL_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 /// Compiling virtiofsd or cargo-nextest on 2 busy cores.
 const CARGO_INSTALL_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
-/// Installs missing apt packages, virtiofsd and cargo-nextest.
+/// Installs missing apt packages, virtiofsd, cargo-nextest and containerd 2.x (cache).
 pub fn run(ws: &Workspace) -> Result<()> {
     apt_packages()?;
     virtiofsd(ws)?;
-    nextest(ws)
+    nextest(ws)?;
+    containerd2::ensure(&ws.cache)?;
+    Ok(())
 }
 
 /// Packages of `names` that dpkg does not report as installed (`ii`).

@@ -1,0 +1,217 @@
+//! The VM description `husk-vmm` runs: plain data, written as JSON by [`super::BuiltinVmm`]
+//! into the pod's run directory and validated before anything is created.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::arch::CMDLINE_MAX_LEN;
+use super::devices::virtio::fs::MAX_TAG_LEN;
+use crate::vsock::device::is_valid_guest_cid;
+
+/// Smallest guest the monitor accepts (kernel + initramfs + page tables).
+pub const MIN_MEMORY_MIB: u32 = 32;
+/// Guest RAM ceiling: far above any pod, low enough that sizes never overflow.
+pub const MAX_MEMORY_MIB: u32 = 1 << 20;
+/// The MP table and the guest kernel (`NR_CPUS=64`) bound the vCPU count.
+pub const MAX_VCPUS: u8 = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// For logs and the process title.
+    pub name: String,
+    /// ELF `vmlinux` (PVH entry used when present) or bzImage.
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; the monitor appends its `virtio_mmio.device=` entries.
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    #[serde(default)]
+    pub fs: Option<FsConfig>,
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    /// Hybrid-vsock Unix socket; must not exist yet.
+    pub uds_path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// virtiofsd's vhost-user socket.
+    pub socket: PathBuf,
+    pub tag: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Tap interface name in the monitor's network namespace.
+    pub tap: String,
+    pub mac: [u8; 6],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading the VM config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing the VM config: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error("invalid VM config: {0}")]
+    Invalid(String),
+}
+
+impl VmConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Self = serde_json::from_slice(&text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_json(&self) -> Result<String, ConfigError> {
+        Ok(serde_json::to_string_pretty(self)?)
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return bad(format!("vcpus = {} is outside 1..={MAX_VCPUS}", self.vcpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return bad(format!(
+                "memory_mib = {} is outside {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}",
+                self.memory_mib
+            ));
+        }
+        // Room for the virtio entries the monitor adds (about 40 bytes each).
+        if self.cmdline.len() + 200 >= CMDLINE_MAX_LEN {
+            return bad(format!(
+                "kernel command line is {} bytes, too long",
+                self.cmdline.len()
+            ));
+        }
+        if let Some(v) = &self.vsock {
+            if !is_valid_guest_cid(v.guest_cid) {
+                return bad(format!(
+                    "guest CID {} is reserved or too large",
+                    v.guest_cid
+                ));
+            }
+        }
+        if let Some(fs) = &self.fs {
+            if fs.tag.is_empty() || fs.tag.len() > MAX_TAG_LEN {
+                return bad(format!("virtio-fs tag must be 1..={MAX_TAG_LEN} bytes"));
+            }
+        }
+        // Virtio devices each take an IRQ line (5..=23).
+        let devices = usize::from(self.vsock.is_some()) + usize::from(self.fs.is_some());
+        if devices + self.net.len() > 19 {
+            return bad("too many devices for the available IRQ lines".into());
+        }
+        for n in &self.net {
+            if n.mac[0] & 1 == 1 {
+                return bad(format!("MAC of tap {} is a multicast address", n.tap));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> VmConfig {
+        VmConfig {
+            name: "pod".into(),
+            kernel: "/k".into(),
+            initrd: Some("/i".into()),
+            cmdline: "console=ttyS0".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            vsock: Some(VsockConfig {
+                guest_cid: 3,
+                uds_path: "/run/v.sock".into(),
+            }),
+            fs: Some(FsConfig {
+                socket: "/run/fs.sock".into(),
+                tag: "husk".into(),
+            }),
+            net: vec![NetConfig {
+                tap: "tap0".into(),
+                mac: [2, 0, 0, 0, 0, 1],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json_and_validates() {
+        let c = sample();
+        c.validate().unwrap();
+        let back: VmConfig = serde_json::from_str(&c.to_json().unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(c.memory_bytes(), 256 << 20);
+    }
+
+    #[test]
+    fn rejects_bad_values_and_unknown_fields() {
+        let mut c = sample();
+        c.vcpus = 0;
+        assert!(c.validate().is_err());
+        let mut c = sample();
+        c.memory_mib = 8;
+        assert!(c.validate().is_err());
+        let mut c = sample();
+        c.vsock.as_mut().unwrap().guest_cid = 2;
+        assert!(c.validate().is_err());
+        let mut c = sample();
+        c.fs.as_mut().unwrap().tag = "t".repeat(37);
+        assert!(c.validate().is_err());
+        let mut c = sample();
+        c.net[0].mac[0] = 1;
+        assert!(c.validate().is_err());
+        let mut c = sample();
+        c.cmdline = "x".repeat(2000);
+        assert!(c.validate().is_err());
+        let text = c.to_json().unwrap().replacen('{', "{\"extra\": 1,", 1);
+        assert!(serde_json::from_str::<VmConfig>(&text).is_err());
+    }
+
+    #[test]
+    fn reads_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        std::fs::write(&path, sample().to_json().unwrap()).unwrap();
+        assert_eq!(VmConfig::from_file(&path).unwrap(), sample());
+        std::fs::write(&path, "{").unwrap();
+        assert!(matches!(
+            VmConfig::from_file(&path),
+            Err(ConfigError::Parse(_))
+        ));
+        assert!(matches!(
+            VmConfig::from_file(&dir.path().join("none")),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

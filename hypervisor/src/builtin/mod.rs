@@ -1,0 +1,196 @@
+//! The built-in microVM monitor (`builtin` backend): `husk-vmm`, a small rust-vmm based VMM
+//! that boots the husk guest kernel directly (PVH or 64-bit boot protocol, no firmware) with
+//! virtio-mmio devices: hybrid vsock (the same [`crate::vsock`] device QEMU uses over
+//! vhost-user), virtio-fs through virtiofsd (vhost-user frontend), optional virtio-net on a
+//! tap; plus a 16550 console on stdout, an i8042 for resets and a boot timer.
+//!
+//! The monitor is its own process, as QEMU is: [`BuiltinVmm`] writes the VM description as
+//! JSON into the pod's run directory, starts virtiofsd and `husk-vmm --config <file>` as
+//! supervised children (die with the shim, bounded output capture) and returns a
+//! [`VmHandle`]. A separate process keeps a KVM or device bug from taking the shim down, lets
+//! the VMM run with fewer privileges later, and makes its memory overhead measurable alone.
+//!
+//! Exit status of `husk-vmm` (what the shim reports): [`EXIT_GUEST_STOPPED`] when the guest
+//! powered off, rebooted or triple-faulted (the agent reboots with `reboot=t`; `panic=-1`
+//! turns a guest panic into the same), [`EXIT_SETUP_FAILED`] when the VM could not be built,
+//! [`EXIT_VCPU_FAILED`] when KVM failed at run time, [`EXIT_GUEST_CRASHED`] for a crash event.
+//!
+//! Modules follow the machine: [`arch`] (layout, boot structures, registers), [`kvm`] (VM,
+//! memory, vCPUs), [`devices`] (no KVM knowledge), [`device_manager`] (addresses, IRQs,
+//! irqfd/ioeventfd wiring, command line), [`builder`] (config → running VM).
+
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod device_manager;
+pub mod devices;
+pub mod kvm;
+mod vm;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use slog::{Logger, info};
+use tokio::process::Command;
+
+pub use config::{FsConfig, NetConfig, VmConfig, VsockConfig};
+
+use crate::child::{Stdout, Supervised};
+use crate::spec::VmSpec;
+use crate::virtiofsd;
+use crate::vmm::{VmHandle, Vmm, VmmError};
+use vm::BuiltinVm;
+
+/// The guest stopped by itself (power off, reboot, triple fault, panic with `panic=-1`).
+pub const EXIT_GUEST_STOPPED: i32 = 0;
+/// The VM could not be built (bad config, missing kernel, no KVM, …).
+pub const EXIT_SETUP_FAILED: i32 = 1;
+/// Bad command line.
+pub const EXIT_USAGE: i32 = 2;
+/// KVM failed while the guest ran.
+pub const EXIT_VCPU_FAILED: i32 = 3;
+/// The guest reported a crash (KVM system event).
+pub const EXIT_GUEST_CRASHED: i32 = 4;
+
+/// Name of the monitor binary.
+pub const VMM_BINARY: &str = "husk-vmm";
+/// Physical address of the boot timer's MMIO page.
+pub const BOOT_TIMER_MMIO_ADDR: u64 = arch::BOOT_TIMER_MMIO_ADDR;
+const CONFIG_FILE: &str = "husk-vmm.json";
+const VIRTIOFSD_SOCKET: &str = "virtiofsd.sock";
+/// husk's guest kernel parameters for this backend; the spec's come after, so they override.
+/// `pci=off`: all devices are virtio-mmio, skip probing a PCI bus that is not there.
+const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t pci=off";
+
+pub struct BuiltinVmm {
+    binary: PathBuf,
+}
+
+impl BuiltinVmm {
+    /// `binary`: a path, or a name looked up beside the running executable and on `PATH`.
+    pub fn new(binary: &str) -> Result<Self, VmmError> {
+        Ok(Self {
+            binary: locate_binary(binary)?,
+        })
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// The monitor's VM description for `spec`.
+    pub fn vm_config(spec: &VmSpec, fs_socket: &Path) -> Result<VmConfig, VmmError> {
+        let vcpus = u8::try_from(spec.vcpus)
+            .map_err(|_| VmmError::InvalidSpec(format!("{} vCPUs", spec.vcpus)))?;
+        let mut cmdline = BASE_CMDLINE.to_string();
+        if !spec.kernel_params.trim().is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(spec.kernel_params.trim());
+        }
+        Ok(VmConfig {
+            name: spec.name.clone(),
+            kernel: preferred_kernel(&spec.kernel),
+            initrd: Some(spec.initrd.clone()),
+            cmdline,
+            vcpus,
+            memory_mib: spec.memory_mib,
+            vsock: Some(VsockConfig {
+                guest_cid: spec.vsock.guest_cid,
+                uds_path: spec.vsock.uds_path.clone(),
+            }),
+            fs: Some(FsConfig {
+                socket: fs_socket.to_path_buf(),
+                tag: spec.shared_fs.tag.clone(),
+            }),
+            net: Vec::new(),
+        })
+    }
+}
+
+/// The uncompressed `vmlinux` beside a bzImage boots faster (PVH, no decompression); the
+/// installed layout has `/usr/share/husk/vmlinux` beside `vmlinuz`.
+pub fn preferred_kernel(kernel: &Path) -> PathBuf {
+    let sibling = kernel.with_file_name("vmlinux");
+    if kernel.file_name() != sibling.file_name() && sibling.is_file() {
+        sibling
+    } else {
+        kernel.to_path_buf()
+    }
+}
+
+fn locate_binary(name: &str) -> Result<PathBuf, VmmError> {
+    let mut candidates = Vec::new();
+    if name.contains('/') {
+        candidates.push(PathBuf::from(name));
+    } else {
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
+            candidates.push(dir.join(name));
+            // Test binaries live one level below the other binaries (target/*/deps).
+            if let Some(up) = dir.parent() {
+                candidates.push(up.join(name));
+            }
+        }
+        if let Some(path) = std::env::var_os("PATH") {
+            candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+        }
+    }
+    candidates
+        .into_iter()
+        .find(|p| is_executable(p))
+        .ok_or_else(|| VmmError::HypervisorBinary {
+            name: name.to_string(),
+            reason: "was not found beside the shim or on PATH".into(),
+        })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[async_trait]
+impl Vmm for BuiltinVmm {
+    fn name(&self) -> String {
+        "builtin".into()
+    }
+
+    async fn launch(&self, spec: &VmSpec, log: &Logger) -> Result<Box<dyn VmHandle>, VmmError> {
+        spec.validate()?;
+        let fs_socket = spec.run_dir.join(VIRTIOFSD_SOCKET);
+        let config = Self::vm_config(spec, &fs_socket)?;
+        config
+            .validate()
+            .map_err(|e| VmmError::InvalidSpec(e.to_string()))?;
+        let config_path = spec.run_dir.join(CONFIG_FILE);
+        let json = config
+            .to_json()
+            .map_err(|e| VmmError::InvalidSpec(e.to_string()))?;
+        std::fs::write(&config_path, json).map_err(|source| VmmError::Spawn {
+            what: "husk-vmm (writing its config)",
+            source,
+        })?;
+        let mut vm = BuiltinVm::new(spec, vec![fs_socket.clone(), config_path.clone()]);
+        vm.add_helper(virtiofsd::spawn(&spec.shared_fs, &fs_socket, log)?);
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--config").arg(&config_path);
+        let vmm = Supervised::spawn("husk-vmm", cmd, Stdout::Log, None, log)?;
+        info!(log, "VM started"; "vmm" => self.name(), "pid" => vmm.pid(),
+              "kernel" => config.kernel.display().to_string(),
+              "vcpus" => spec.vcpus, "memory_mib" => spec.memory_mib);
+        vm.set_vmm(vmm);
+        Ok(Box::new(vm))
+    }
+}
+
+/// Where the husk guest kernel was built on this machine, for tests that load it.
+#[cfg(test)]
+pub(crate) fn test_kernel_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/husk");
+    dir.join("vmlinux").is_file().then_some(dir)
+}
+
+#[cfg(test)]
+mod tests;

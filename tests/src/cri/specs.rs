@@ -1,0 +1,95 @@
+//! Pod and container configs as kubelet sends them, for the offline images.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ImageSpec, LinuxContainerConfig, LinuxContainerResources,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+};
+
+use crate::image::IMAGE_REF;
+
+/// The Kubernetes namespace the test pods claim to be in.
+pub const POD_NAMESPACE: &str = "husk-test";
+
+/// A pod named `name` (also its hostname, as kubelet does) logging under `log_dir`, with
+/// kubelet's defaults: pod network and IPC namespaces, a PID namespace per container.
+pub fn pod_config(name: &str, uid: &str, log_dir: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: uid.into(),
+            namespace: POD_NAMESPACE.into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.to_string_lossy().into_owned(),
+        labels: HashMap::from([("husk-test".into(), name.into())]),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(namespaces(NamespaceMode::Pod)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Namespace options with the given network mode (IPC shared by the pod, PID per
+/// container, as kubelet's defaults).
+pub fn namespaces(network: NamespaceMode) -> NamespaceOption {
+    NamespaceOption {
+        network: network as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// Pod-level resources kubelet sums from its containers' limits (containerd turns them
+/// into the `io.kubernetes.cri.sandbox-*` annotations).
+pub fn with_resources(
+    mut pod: PodSandboxConfig,
+    quota: i64,
+    period: i64,
+    memory: i64,
+) -> PodSandboxConfig {
+    let linux = pod.linux.get_or_insert_with(Default::default);
+    linux.resources = Some(LinuxContainerResources {
+        cpu_period: period,
+        cpu_quota: quota,
+        memory_limit_in_bytes: memory,
+        ..Default::default()
+    });
+    pod
+}
+
+/// A busybox container `name` running `args` (as `command`), logging to `<name>.log` in
+/// the pod's log directory. Like kubelet, it repeats the pod's namespace options (an
+/// unset PID mode would mean POD: one PID namespace for the whole pod).
+pub fn container_config(name: &str, args: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: IMAGE_REF.into(),
+            ..Default::default()
+        }),
+        command: args.iter().map(|s| (*s).to_owned()).collect(),
+        log_path: format!("{name}.log"),
+        labels: HashMap::from([("husk-test".into(), name.into())]),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(namespaces(NamespaceMode::Pod)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
