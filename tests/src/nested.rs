@@ -37,6 +37,7 @@ use husk_rootfs::{Entry, Initramfs};
 use crate::artifacts::Artifacts;
 use crate::cmd::{Cmd, CmdError};
 
+pub mod compare;
 mod init;
 pub mod smaps;
 

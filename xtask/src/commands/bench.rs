@@ -5,7 +5,10 @@
 //! - a bare QEMU boot of the same kernel and initramfs to the agent's first console line
 //!   (the floor husk's start-up time sits on);
 //! - host memory (PSS, so shared pages are split fairly) of one idle pod: shim + VMM +
-//!   virtiofsd.
+//!   virtiofsd;
+//! - husk's built-in monitor next to QEMU/KVM, both under nested KVM.
+
+mod nested;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -43,7 +46,9 @@ pub fn run(ws: &Workspace) -> Result<()> {
         note(format!("killed leftover {p}"));
     }
     scope.cleanup()?;
-    let report = result?;
+    let mut report = result?;
+    report.push('\n');
+    report.push_str(&nested::section(ws, &artifacts)?);
     let path = ws.root.join("BENCHMARKS.md");
     std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
     println!("{report}");

@@ -120,7 +120,13 @@ fn nextest(ws: &Workspace, run_dir: &Path, filter: &str, args: &[String]) -> Cmd
     note(format!("{TMPDIR_ENV}={}", run_dir.display()));
     let mut cmd = ws
         .cargo()
-        .args(["nextest", "run", "--workspace", "--no-fail-fast", "--no-tests=pass"])
+        .args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--no-fail-fast",
+            "--no-tests=pass",
+        ])
         .args(["-E", filter])
         .args(args)
         .env(ARTIFACTS_ENV, artifacts)
