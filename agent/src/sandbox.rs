@@ -126,8 +126,8 @@ fn validate(config: &SandboxConfig) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Ends the VM: flush, detach the shared directory, reboot. With the kernel's `reboot=t` and
-/// QEMU's `-no-reboot`, a reboot ends the VM (RB_POWER_OFF would only halt without ACPI). If
+/// Ends the VM: flush, detach the shared directory, reboot. The monitors end the VM on a
+/// reboot (QEMU: `reboot=t` and `-no-reboot`; husk-vmm: `reboot=k`, the i8042 reset) (RB_POWER_OFF would only halt without ACPI). If
 /// even that fails, PID 1 exits, which panics the kernel — `panic=-1` reboots, same end.
 pub fn power_off(shared_dir: &Path, log: &Logger) -> Infallible {
     nix::unistd::sync();

@@ -24,6 +24,7 @@ use super::devices::virtio::{Memory, VirtioError};
 use super::devices::{ExitReason, ExitSignal};
 use super::kvm::vcpu::{Vcpu, VcpuContext};
 use super::kvm::{KvmError, Vm, cpuid, memory, msr};
+use super::seccomp::{self, SeccompError};
 use super::{EXIT_VCPU_FAILED, config::ConfigError};
 use crate::vsock::VsockDevice;
 use crate::vsock::device::DeviceError;
@@ -53,6 +54,8 @@ pub enum BuildError {
     Io(#[from] std::io::Error),
     #[error("KVM supports {max} vCPUs, {want} requested")]
     TooManyVcpus { max: usize, want: u8 },
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// A VM ready to run.
@@ -187,6 +190,8 @@ impl Machine {
             // Threads are detached: the process exit ends them.
             vcpu.spawn(self.ctx.clone())?;
         }
+        let syscalls = seccomp::install()?;
+        info!(self.log, "syscall filter installed"; "syscall_rules" => syscalls);
         let setup = self.created.elapsed();
         info!(self.log, "VM running"; "setup_ms" => u64::try_from(setup.as_millis()).unwrap_or(u64::MAX));
         while !self.ctx.exit.is_requested() {

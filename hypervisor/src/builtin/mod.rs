@@ -11,8 +11,8 @@
 //! the VMM run with fewer privileges later, and makes its memory overhead measurable alone.
 //!
 //! Exit status of `husk-vmm` (what the shim reports): [`EXIT_GUEST_STOPPED`] when the guest
-//! powered off, rebooted or triple-faulted (the agent reboots with `reboot=t`; `panic=-1`
-//! turns a guest panic into the same), [`EXIT_SETUP_FAILED`] when the VM could not be built,
+//! rebooted (the agent reboots to power off; with `reboot=k` Linux resets through the
+//! i8042, and `panic=-1` turns a guest panic into the same), [`EXIT_SETUP_FAILED`] when the VM could not be built,
 //! [`EXIT_VCPU_FAILED`] when KVM failed at run time, [`EXIT_GUEST_CRASHED`] for a crash event.
 //!
 //! Modules follow the machine: [`arch`] (layout, boot structures, registers), [`kvm`] (VM,
@@ -25,6 +25,7 @@ pub mod config;
 pub mod device_manager;
 pub mod devices;
 pub mod kvm;
+pub mod seccomp;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -60,7 +61,10 @@ const CONFIG_FILE: &str = "husk-vmm.json";
 const VIRTIOFSD_SOCKET: &str = "virtiofsd.sock";
 /// husk's guest kernel parameters for this backend; the spec's come after, so they override.
 /// `pci=off`: all devices are virtio-mmio, skip probing a PCI bus that is not there.
-const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t pci=off";
+/// `reboot=k`: reset through the i8042, an explicit request the monitor sees as such. A
+/// triple fault (`reboot=t`) cannot be told from a crash on AMD hosts, where KVM resets the
+/// vCPU's registers on the shutdown exit.
+const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=k pci=off";
 
 pub struct BuiltinVmm {
     binary: PathBuf,

@@ -1,6 +1,7 @@
 //! QEMU/KVM next to husk's built-in monitor inside one nested host: the `nested_pod` example
 //! launches pods through the backend selection the shim uses, alternating backends so load
-//! drifts affect both alike, and prints one `RESULT` line per pod. Used by the
+//! drifts affect both alike, and prints one `RESULT` line per pod; each husk-vmm must log
+//! its syscall filter, its boot timer and a clean stop. Used by the
 //! `nested_husk_vmm` test (which checks every pod ran) and by `cargo xtask bench` (which
 //! reports the medians).
 
@@ -24,6 +25,10 @@ pub const METRICS: [&str; 8] = [
     "vmm_rss_excl_guest_kib",
     "vmm_pss_anon_kib",
 ];
+
+/// husk-vmm's log lines for its syscall filter and for a VM the guest itself reset.
+const SECCOMP_LINE: &str = "syscall filter installed";
+const CLEAN_STOP_LINE: &str = "VM stopped, status: 0, reason: guest reset the machine";
 
 /// How long the whole nested run may take (outer boot plus every pod).
 const RUN_TIMEOUT: Duration = Duration::from_secs(400);
@@ -61,6 +66,13 @@ pub enum CompareError {
     Builtin { vmm: String, output: String },
     #[error("container failed: {0}")]
     Container(String),
+    #[error("{got} of {want} built-in monitors logged {what:?}: {output}")]
+    MonitorLog {
+        what: &'static str,
+        got: usize,
+        want: usize,
+        output: String,
+    },
     #[error("the boot-timer device reported {got} of {want} built-in boots: {output}")]
     BootTimer {
         got: usize,
@@ -134,7 +146,21 @@ pub fn run(
     {
         return Err(CompareError::Container(line.clone()));
     }
-    let boot_timer_ms = boot_timer_reports(&outer.stderr_text());
+    let stderr = outer.stderr_text();
+    // Every monitor confined itself, and every VM ended by the guest's clean reset (the
+    // i8042), not by a crash or a kill.
+    for what in [SECCOMP_LINE, CLEAN_STOP_LINE] {
+        let got = stderr.matches(what).count();
+        if got != rounds {
+            return Err(CompareError::MonitorLog {
+                what,
+                got,
+                want: rounds,
+                output: outer.describe(),
+            });
+        }
+    }
+    let boot_timer_ms = boot_timer_reports(&stderr);
     if boot_timer_ms.len() != rounds {
         return Err(CompareError::BootTimer {
             got: boot_timer_ms.len(),

@@ -1,7 +1,7 @@
 //! Just enough of the i8042 keyboard controller for the guest to reset the machine: the CPU
-//! reset command (`0xfe` to the command port), which `reboot=k` kernels use. The husk guest
-//! kernel has no keyboard driver (`CONFIG_SERIO=n`); it reboots with `reboot=t` (triple fault),
-//! which the vCPU sees as a shutdown exit. Both end the VM.
+//! reset command (`0xfe` to the command port), which the husk guest uses (`reboot=k`: Linux's
+//! reboot code writes the port itself, no keyboard driver needed). A triple fault also ends
+//! the VM, as a crash (see `kvm::diag`).
 
 use std::sync::Arc;
 

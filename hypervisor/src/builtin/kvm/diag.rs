@@ -1,12 +1,14 @@
 //! What a vCPU looked like when it stopped with `KVM_EXIT_SHUTDOWN`, which KVM reports for
-//! every triple fault: the husk guest's deliberate reboot (`reboot=t` loads an empty IDT and
-//! executes `int3`) and a real crash look the same at the exit. The IDT tells them apart; for
-//! a crash the registers, the pending exception and the code and stack bytes go to the log,
-//! because the guest had no chance to print anything.
+//! every triple fault. husk's guest reboots through the i8042 (`reboot=k`), so a triple fault
+//! is a crash — unless the kernel was told `reboot=t` (an empty IDT, then `int3`), which the
+//! IDT shows. For a crash the registers, the pending exception and the code and stack bytes
+//! go to the log, because the guest had no chance to print anything. On AMD (SVM) KVM
+//! reinitialises the vCPU on a shutdown exit, so the registers read back are the reset
+//! state; the dump says so rather than pretending they are the crash site.
 
 use std::fmt::Write as _;
 
-use kvm_bindings::kvm_segment;
+use kvm_bindings::{kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -35,6 +37,11 @@ pub fn shutdown(fd: &VcpuFd, mem: Option<&GuestMemoryMmap>) -> Shutdown {
         return Shutdown::Reboot;
     }
     let mut out = String::new();
+    if is_reset_state(&sregs) {
+        out.push_str(
+            "(registers lost: KVM reset the vCPU on the shutdown exit, as it does on AMD) ",
+        );
+    }
     if let Ok(r) = fd.get_regs() {
         let _ = write!(
             out,
@@ -87,6 +94,12 @@ pub fn shutdown(fd: &VcpuFd, mem: Option<&GuestMemoryMmap>) -> Shutdown {
     Shutdown::Crash(out)
 }
 
+/// CS at the reset vector's segment and paging and protection off: the state of a vCPU that
+/// was just reset, not one that was running the guest.
+fn is_reset_state(sregs: &kvm_sregs) -> bool {
+    sregs.cs.selector == 0xf000 && sregs.cs.base == 0xffff_0000 && sregs.cr0 & 1 == 0
+}
+
 fn segment(s: &kvm_segment) -> String {
     format!(
         "{:#x}(base={:#x} limit={:#x} type={} l={} dpl={} p={})",
@@ -118,4 +131,23 @@ fn stack_qwords(fd: &VcpuFd, mem: &GuestMemoryMmap, rsp: u64) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_state_is_recognised() {
+        let mut s = kvm_sregs::default();
+        s.cs.selector = 0xf000;
+        s.cs.base = 0xffff_0000;
+        s.cr0 = 0x10;
+        assert!(is_reset_state(&s));
+        s.cr0 = 0x8005_0033;
+        assert!(
+            !is_reset_state(&s),
+            "paging and protection on: a running guest"
+        );
+    }
 }
