@@ -26,6 +26,10 @@
 //! after which it is killed. QEMU runs in its own process group, killed if the caller
 //! drops the run early, and its command line names the scratch directory, so the leak
 //! checker attributes it to the test.
+//!
+//! On a host whose own KVM runs standard guests there is nothing to nest: the script runs
+//! directly, in a private mount namespace with the same environment, working directory,
+//! tmpfs mounts and timeout (`direct`). [`HOST_MODE_ENV`] overrides the choice.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -38,8 +42,16 @@ use crate::artifacts::Artifacts;
 use crate::cmd::{Cmd, CmdError};
 
 pub mod compare;
+mod direct;
 mod init;
 pub mod smaps;
+
+/// `outer` or `direct` forces how scripts run; unset, `direct` where this host's KVM runs
+/// standard guests.
+pub const HOST_MODE_ENV: &str = "HUSK_NESTED_HOST";
+
+/// Exported to every script: `outer` or `direct`, how it runs.
+pub const MODE_VAR: &str = "HUSK_NESTED_MODE";
 
 /// File name of the outer kernel in the artifacts directory.
 pub const OUTER_KERNEL: &str = "outer-vmlinuz";
@@ -62,6 +74,12 @@ pub const SCRIPT_TIMED_OUT: i32 = 124;
 /// Errors running a command on the nested host.
 #[derive(Debug, thiserror::Error)]
 pub enum NestedError {
+    /// [`HOST_MODE_ENV`] has a value other than `outer` or `direct`.
+    #[error("{HOST_MODE_ENV}={0:?}: expected \"outer\" or \"direct\"")]
+    BadMode(String),
+    /// Running the script directly on this host failed or outlived its deadline.
+    #[error("running the script directly on this KVM host: {0}")]
+    Direct(CmdError),
     /// The outer kernel has not been built.
     #[error(
         "the nested test host's kernel {0} is missing: run `cargo xtask build` (it builds the \
@@ -166,6 +184,8 @@ impl NestedOutput {
 /// A nested test host configuration; every [`NestedHost::run`] boots a fresh VM.
 #[derive(Debug)]
 pub struct NestedHost {
+    /// Run scripts on this host (its KVM is usable) rather than in an outer VM.
+    direct: bool,
     kernel: PathBuf,
     initrd: PathBuf,
     scratch: PathBuf,
@@ -181,8 +201,9 @@ impl NestedHost {
     /// directory `scratch` (usually [`crate::TestScope::dir`]; it must be absolute and
     /// exist). Writes the initramfs there.
     pub fn new(artifacts: &Artifacts, scratch: &Path) -> Result<Self, NestedError> {
+        let direct = runs_directly()?;
         let kernel = artifacts.dir().join(OUTER_KERNEL);
-        if !kernel.is_file() {
+        if !direct && !kernel.is_file() {
             return Err(NestedError::NoOuterKernel(kernel));
         }
         if !scratch.is_absolute() || !scratch.is_dir() {
@@ -199,6 +220,20 @@ impl NestedHost {
             source,
         })?;
         let initrd = scratch.join("nested-initrd.img");
+        let host = Self {
+            direct,
+            kernel,
+            initrd,
+            scratch,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            cpus: DEFAULT_CPUS,
+            env: Vec::new(),
+            writable: Vec::new(),
+            runs: AtomicU32::new(0),
+        };
+        if direct {
+            return Ok(host);
+        }
         Initramfs::skeleton()
             .with(Entry::Directory {
                 path: "/bin".into(),
@@ -216,19 +251,15 @@ impl NestedHost {
             .with(Entry::File {
                 path: "/init".into(),
                 perm: 0o755,
-                data: init::script(&scratch).into_bytes(),
+                data: init::script(&host.scratch).into_bytes(),
             })
-            .write_file(&initrd)?;
-        Ok(Self {
-            kernel,
-            initrd,
-            scratch,
-            memory_mib: DEFAULT_MEMORY_MIB,
-            cpus: DEFAULT_CPUS,
-            env: Vec::new(),
-            writable: Vec::new(),
-            runs: AtomicU32::new(0),
-        })
+            .write_file(&host.initrd)?;
+        Ok(host)
+    }
+
+    /// Whether scripts run on this host rather than in an outer VM.
+    pub fn is_direct(&self) -> bool {
+        self.direct
     }
 
     /// Sets the outer VM's memory.
@@ -271,8 +302,13 @@ impl NestedHost {
             path: run_dir.clone(),
             source,
         })?;
+        let mut env = self.env.clone();
+        env.push((
+            MODE_VAR.to_owned(),
+            if self.direct { "direct" } else { "outer" }.to_owned(),
+        ));
         let request = init::Request {
-            env: &self.env,
+            env: &env,
             writable: &self.writable,
             timeout,
         };
@@ -290,6 +326,9 @@ impl NestedHost {
                 path,
                 source,
             })?;
+        }
+        if self.direct {
+            return direct::run(&self.scratch, &run_dir, timeout);
         }
         let cmd = self.qemu(n).timeout(timeout + BOOT_ALLOWANCE);
         let out = match cmd.output() {
@@ -392,6 +431,19 @@ fn host_tsc_khz() -> Option<u64> {
     // A finite, positive MHz value is far below u64::MAX kHz.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     (mhz.is_finite() && mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
+/// [`HOST_MODE_ENV`], else whether this host's KVM runs standard guests.
+fn runs_directly() -> Result<bool, NestedError> {
+    match std::env::var(HOST_MODE_ENV).ok().as_deref() {
+        Some("direct") => Ok(true),
+        Some("outer") => Ok(false),
+        None | Some("") => Ok(matches!(
+            husk_hypervisor::probe::HostProbe::default().kvm(),
+            husk_hypervisor::probe::KvmSupport::Usable
+        )),
+        Some(other) => Err(NestedError::BadMode(other.to_owned())),
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub(super) const ERROR_FILE: &str = "error";
 /// Console line the init prints just before it starts the script.
 const READY_MARKER: &str = "husk-nested: ready uptime=";
 /// Grace after the script's timeout before `timeout` sends SIGKILL.
-const KILL_AFTER_SECS: u64 = 5;
+pub(super) const KILL_AFTER_SECS: u64 = 5;
 /// Used when the environment has no PATH worth passing.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
