@@ -14,6 +14,7 @@ pub mod qemu;
 pub mod select;
 pub mod spec;
 pub mod virtiofsd;
+mod vm_processes;
 pub mod vmm;
 pub mod vsock;
 

@@ -142,7 +142,9 @@ impl Pod {
     }
 }
 
-fn vm_spec(id: &str, dir: &PodDir, config: &Config, size: &PodSize) -> VmSpec {
+/// The VM description for pod `id`: the configured kernel and initramfs, the agent's log
+/// level, `size`, and the pod directory's sockets and shared directory.
+pub fn vm_spec(id: &str, dir: &PodDir, config: &Config, size: &PodSize) -> VmSpec {
     let h = &config.hypervisor;
     VmSpec {
         name: id.chars().take(32).collect(),

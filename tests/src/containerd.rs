@@ -25,7 +25,10 @@ use nix::unistd::Pid;
 use wait_timeout::ChildExt;
 
 use crate::cmd::{Cmd, CmdError};
+use crate::ctr::Ctr;
 use crate::husk_config::CONFIG_ENV;
+use crate::leaks::LeakScope;
+use crate::procfs::read_process;
 use crate::scope::{MARKER_ENV, TestScope};
 
 /// Names the directory holding containerd 2.x's `containerd` and `ctr` binaries
@@ -521,6 +524,25 @@ impl Containerd {
     /// containerd's pid while it runs.
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok())
+    }
+
+    /// A leak scope for what the test `tag` starts through this containerd in `namespace`:
+    /// processes younger than the daemon, the daemon itself excluded.
+    pub fn leak_scope(&self, tag: &str, namespace: &str) -> LeakScope {
+        let since = self
+            .pid()
+            .and_then(read_process)
+            .map_or(0, |p| p.start_ticks);
+        let mut leaks = LeakScope::new(tag, namespace, &self.address, since);
+        if let Some(pid) = self.pid() {
+            leaks.exclude_pid(pid);
+        }
+        leaks
+    }
+
+    /// This containerd's own `ctr` on its socket, in `namespace`.
+    pub fn ctr(&self, namespace: &str, timeout: Duration) -> Ctr {
+        Ctr::new(&self.address, namespace, timeout).with_program(&self.binaries.ctr)
     }
 
     /// Its log file (containerd's and the shims' messages).

@@ -3,9 +3,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use husk_rootfs::{Entry, Initramfs, InitramfsError};
+use husk_rootfs::InitramfsError;
 
-use crate::image::BUSYBOX;
+use crate::image::{BUSYBOX, busybox_initramfs};
 
 /// The sleeper's `/init`: a shell script that never starts an agent.
 const SLEEPER_INIT: &str = "#!/bin/busybox sh\n\
@@ -31,31 +31,17 @@ pub enum FaultError {
 /// Writes an initramfs whose `/init` boots fine but only sleeps: no agent ever listens
 /// on vsock, so the shim's connect must time out and clean up.
 pub fn write_sleeper_initrd(path: &Path) -> Result<(), FaultError> {
-    let busybox = fs::read(BUSYBOX).map_err(|source| FaultError::Io {
-        path: PathBuf::from(BUSYBOX),
-        source,
-    })?;
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|source| FaultError::Io {
             path: parent.to_owned(),
             source,
         })?;
     }
-    Initramfs::skeleton()
-        .with(Entry::Directory {
-            path: "/bin".into(),
-            perm: 0o755,
-        })
-        .with(Entry::File {
-            path: "/bin/busybox".into(),
-            perm: 0o755,
-            data: busybox,
-        })
-        .with(Entry::File {
-            path: "/init".into(),
-            perm: 0o755,
-            data: SLEEPER_INIT.as_bytes().to_vec(),
-        })
+    busybox_initramfs(SLEEPER_INIT)
+        .map_err(|source| FaultError::Io {
+            path: PathBuf::from(BUSYBOX),
+            source,
+        })?
         .write_file(path)?;
     Ok(())
 }

@@ -245,3 +245,26 @@ fn populate(root: &Path) -> Result<(), ImageError> {
     }
     Ok(())
 }
+
+/// A guest initramfs of the host's static busybox (`/bin/busybox`) and `init` as `/init`,
+/// for test guests and test hosts that need a shell but no agent. Callers may add entries.
+pub fn busybox_initramfs(init: &str) -> std::io::Result<husk_rootfs::Initramfs> {
+    use husk_rootfs::{Entry, Initramfs};
+    let busybox = std::fs::read(BUSYBOX)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("reading {BUSYBOX}: {e}")))?;
+    Ok(Initramfs::skeleton()
+        .with(Entry::Directory {
+            path: "/bin".into(),
+            perm: 0o755,
+        })
+        .with(Entry::File {
+            path: "/bin/busybox".into(),
+            perm: 0o755,
+            data: busybox,
+        })
+        .with(Entry::File {
+            path: "/init".into(),
+            perm: 0o755,
+            data: init.as_bytes().to_vec(),
+        }))
+}

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use husk_rootfs::{Entry, Initramfs};
+use husk_rootfs::Entry;
 
 use crate::artifacts::Artifacts;
 use crate::cmd::{Cmd, CmdError};
@@ -214,11 +214,6 @@ impl NestedHost {
             });
         }
         let scratch = scratch.to_owned();
-        let busybox = fs::read(crate::image::BUSYBOX).map_err(|source| NestedError::Io {
-            what: "reading",
-            path: crate::image::BUSYBOX.into(),
-            source,
-        })?;
         let initrd = scratch.join("nested-initrd.img");
         let host = Self {
             direct,
@@ -234,24 +229,15 @@ impl NestedHost {
         if direct {
             return Ok(host);
         }
-        Initramfs::skeleton()
-            .with(Entry::Directory {
-                path: "/bin".into(),
-                perm: 0o755,
-            })
-            .with(Entry::File {
-                path: "/bin/busybox".into(),
-                perm: 0o755,
-                data: busybox,
-            })
+        crate::image::busybox_initramfs(&init::script(&host.scratch))
+            .map_err(|source| NestedError::Io {
+                what: "reading",
+                path: crate::image::BUSYBOX.into(),
+                source,
+            })?
             .with(Entry::Directory {
                 path: "/host".into(),
                 perm: 0o755,
-            })
-            .with(Entry::File {
-                path: "/init".into(),
-                perm: 0o755,
-                data: init::script(&host.scratch).into_bytes(),
             })
             .write_file(&host.initrd)?;
         Ok(host)

@@ -23,7 +23,6 @@ use crate::ctr::{Ctr, CtrError};
 use crate::husk_config::{ConfigError, HuskConfig};
 use crate::image::{BusyboxImage, ImageError};
 use crate::leaks::{LeakError, LeakReport, LeakScope};
-use crate::procfs::read_process;
 use crate::scope::{ScopeError, TestScope};
 
 /// The containerd namespace ctr tests use (CRI uses `k8s.io`).
@@ -145,20 +144,8 @@ impl TestBedBuilder {
             containerd.version(),
             containerd.binaries().containerd.display()
         );
-        let since = containerd
-            .pid()
-            .and_then(read_process)
-            .map_or(0, |p| p.start_ticks);
-        let mut leaks = LeakScope::new(scope.tag(), TEST_NAMESPACE, containerd.address(), since);
-        if let Some(pid) = containerd.pid() {
-            leaks.exclude_pid(pid);
-        }
-        let ctr = Ctr::new(
-            containerd.address(),
-            TEST_NAMESPACE,
-            self.runtime.ctr_timeout(),
-        )
-        .with_program(&containerd.binaries().ctr);
+        let leaks = containerd.leak_scope(scope.tag(), TEST_NAMESPACE);
+        let ctr = containerd.ctr(TEST_NAMESPACE, self.runtime.ctr_timeout());
         ctr.import(&image.archive, &image.reference)?;
         Ok(TestBed {
             containerd,

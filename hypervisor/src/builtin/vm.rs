@@ -1,8 +1,6 @@
 //! A running `husk-vmm` with its virtiofsd.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,20 +9,11 @@ use tokio::sync::watch;
 use super::{EXIT_GUEST_CRASHED, EXIT_GUEST_STOPPED, EXIT_SETUP_FAILED, EXIT_VCPU_FAILED};
 use crate::child::{Supervised, describe};
 use crate::spec::VmSpec;
+use crate::vm_processes::VmProcesses;
 use crate::vmm::{VmExit, VmHandle};
 
-/// virtiofsd exits by itself once its VM is gone; give it this long.
-const HELPER_GRACE: Duration = Duration::from_secs(1);
-
 pub(super) struct BuiltinVm {
-    vmm: Option<Supervised>,
-    helpers: Vec<Supervised>,
-    /// Files this VM created; removed on stop. The hybrid socket is the monitor's own, but
-    /// a killed monitor cannot remove it.
-    files: Vec<PathBuf>,
-    uds: PathBuf,
-    exit_tx: Arc<watch::Sender<Option<VmExit>>>,
-    stop_requested: Arc<AtomicBool>,
+    processes: VmProcesses,
 }
 
 /// The monitor's exit status in words.
@@ -41,104 +30,46 @@ pub(super) fn describe_status(status: std::process::ExitStatus) -> String {
 }
 
 impl BuiltinVm {
-    pub(super) fn new(spec: &VmSpec, mut files: Vec<PathBuf>) -> Self {
-        files.push(spec.vsock.uds_path.clone());
+    /// `files`: what this VM created besides the hybrid socket (the monitor's config, the
+    /// virtiofsd socket); removed on stop.
+    pub(super) fn new(spec: &VmSpec, files: Vec<PathBuf>) -> Self {
         Self {
-            vmm: None,
-            helpers: Vec::new(),
-            files,
-            uds: spec.vsock.uds_path.clone(),
-            exit_tx: Arc::new(watch::channel(None).0),
-            stop_requested: Arc::new(AtomicBool::new(false)),
+            processes: VmProcesses::new(&spec.vsock.uds_path, files, describe_status),
         }
     }
 
     pub(super) fn add_helper(&mut self, helper: Supervised) {
-        self.helpers.push(helper);
+        self.processes.add_helper(helper);
     }
 
     pub(super) fn set_vmm(&mut self, vmm: Supervised) {
-        let mut exit = vmm.exit_watch();
-        let tx = self.exit_tx.clone();
-        let requested = self.stop_requested.clone();
-        tokio::spawn(async move {
-            if let Ok(status) = exit.wait_for(Option::is_some).await {
-                let description = status.map(describe_status).unwrap_or_default();
-                let _ = tx.send(Some(VmExit {
-                    description,
-                    requested: requested.load(Ordering::SeqCst),
-                }));
-            }
-        });
-        self.vmm = Some(vmm);
-    }
-
-    fn remove_files(&self) {
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
+        self.processes.set_vmm(vmm);
     }
 }
 
 #[async_trait]
 impl VmHandle for BuiltinVm {
     fn pid(&self) -> u32 {
-        self.vmm.as_ref().map(Supervised::pid).unwrap_or_default()
+        self.processes.pid()
     }
 
     fn vsock_uds(&self) -> &Path {
-        &self.uds
+        self.processes.vsock_uds()
     }
 
     fn exited(&self) -> watch::Receiver<Option<VmExit>> {
-        self.exit_tx.subscribe()
+        self.processes.exited()
     }
 
     fn diagnostics(&self) -> String {
-        let mut parts = Vec::new();
-        for p in self.vmm.iter().chain(self.helpers.iter()) {
-            let tail = p.stderr_tail();
-            if !tail.is_empty() {
-                parts.push(format!("{}: {tail}", p.role()));
-            }
-        }
-        parts.join("; ")
+        self.processes.diagnostics()
     }
 
     fn processes(&self) -> Vec<(String, u32)> {
-        self.vmm
-            .iter()
-            .chain(self.helpers.iter())
-            .map(|p| (p.role().to_string(), p.pid()))
-            .collect()
+        self.processes.processes()
     }
 
     async fn stop(&self, grace: Duration) {
-        self.stop_requested.store(true, Ordering::SeqCst);
-        if let Some(vmm) = &self.vmm {
-            let status = vmm.stop(grace).await;
-            // The watcher task may not have run yet: callers read `exited()` right after.
-            self.exit_tx.send_if_modified(|exit| {
-                let unset = exit.is_none();
-                if unset {
-                    *exit = Some(VmExit {
-                        description: describe_status(status),
-                        requested: true,
-                    });
-                }
-                unset
-            });
-        }
-        for h in &self.helpers {
-            h.stop(HELPER_GRACE).await;
-        }
-        self.remove_files();
-    }
-}
-
-impl Drop for BuiltinVm {
-    fn drop(&mut self) {
-        // Children are killed by their own Drop; leave no socket files behind.
-        self.remove_files();
+        self.processes.stop(grace).await;
     }
 }

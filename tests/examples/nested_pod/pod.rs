@@ -1,19 +1,20 @@
 //! The pod run: select the backend, launch the VM, wait for the agent, run one container,
 //! tear everything down (also on failure).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use husk_hypervisor::builtin::VMM_BINARY;
-use husk_hypervisor::spec::GUEST_CID;
-use husk_hypervisor::{BackendChoice, HostProbe, SharedFsSpec, VmHandle, VmSpec, VsockSpec};
+use husk_hypervisor::{BackendChoice, HostProbe, VmHandle, VmSpec};
 use husk_protocol::agent::Stdio;
 use husk_protocol::io_stream::{StreamHeader, StreamKind};
 use husk_shim::agent::Agent;
 use husk_shim::config::Config;
 use husk_shim::pod::SHARED_FS_TAG;
 use husk_shim::pod_dir::PodDir;
+use husk_shim::sizing::pod_size;
 use husk_tests::nested::smaps;
 use oci_spec::runtime::{ProcessBuilder, RootBuilder, Spec};
 use slog::Logger;
@@ -80,32 +81,12 @@ pub async fn run(args: &Args) -> Result<Report> {
     Ok(report)
 }
 
+/// The shim's VM description with the configured default size (no CRI annotations).
 fn vm_spec(args: &Args, dir: &PodDir, config: &Config) -> VmSpec {
-    let h = &config.hypervisor;
-    VmSpec {
-        name: args.id.clone(),
-        kernel: h.kernel.clone(),
-        initrd: h.initrd.clone(),
-        kernel_params: format!(
-            "{}={} {}",
-            husk_protocol::LOG_LEVEL_CMDLINE_KEY,
-            config.agent.log_level,
-            h.kernel_params
-        ),
-        vcpus: h.vcpus,
-        memory_mib: h.memory_mib,
-        run_dir: dir.root().to_path_buf(),
-        vsock: VsockSpec {
-            guest_cid: GUEST_CID,
-            uds_path: dir.vsock_uds(),
-        },
-        shared_fs: SharedFsSpec {
-            tag: SHARED_FS_TAG.into(),
-            shared_dir: dir.shared(),
-            virtiofsd: config.virtiofs.virtiofsd_path.clone(),
-            cache: config.virtiofs.cache.clone(),
-        },
-    }
+    let host_cpus = std::thread::available_parallelism()
+        .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+    let size = pod_size(&HashMap::new(), &config.hypervisor, host_cpus);
+    husk_shim::pod::vm_spec(&args.id, dir, config, &size)
 }
 
 /// Everything after the launch; the caller stops the VM whatever happens here.

@@ -30,10 +30,9 @@ use super::config::{CriSettings, HANDLER, shipped_husk_runtime};
 use super::specs;
 use crate::artifacts::Artifacts;
 use crate::containerd::{Containerd, ContainerdFlavour, ContainerdOptions, major_version};
-use crate::ctr::Ctr;
 use crate::image::BusyboxImage;
 use crate::leaks::{LeakReport, LeakScope};
-use crate::procfs::{ProcInfo, read_process, snapshot};
+use crate::procfs::{ProcInfo, snapshot};
 use crate::scope::TestScope;
 
 /// The containerd namespace CRI works in.
@@ -138,20 +137,8 @@ impl CriWorld {
             containerd.binaries().containerd.display(),
             network.bridge()
         );
-        let since = containerd
-            .pid()
-            .and_then(read_process)
-            .map_or(0, |p| p.start_ticks);
-        let mut leaks = LeakScope::new(scope.tag(), CRI_NAMESPACE, containerd.address(), since);
-        if let Some(pid) = containerd.pid() {
-            leaks.exclude_pid(pid);
-        }
-        let ctr = Ctr::new(
-            containerd.address(),
-            CRI_NAMESPACE,
-            Duration::from_secs(120),
-        )
-        .with_program(&containerd.binaries().ctr);
+        let leaks = containerd.leak_scope(scope.tag(), CRI_NAMESPACE);
+        let ctr = containerd.ctr(CRI_NAMESPACE, Duration::from_secs(120));
         for image in [&busybox, &pause] {
             ctr.import(&image.archive, &image.reference)?;
         }
