@@ -101,12 +101,7 @@ mod tests {
     #[test]
     fn falls_back_to_tcg_with_reason() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("cpuinfo"), "flags : fpu\n").unwrap();
-        let probe = HostProbe {
-            kvm_device: d.path().join("no-kvm"),
-            cpuinfo: d.path().join("cpuinfo"),
-            pvm_module: PathBuf::from("/nonexistent"),
-        };
+        let probe = unusable_probe(d.path());
         let s = select(BackendChoice::Auto, "sh", &probe).unwrap();
         assert_eq!(s.vmm.name(), "qemu-tcg");
         assert!(
@@ -114,6 +109,16 @@ mod tests {
             "{}",
             s.reason
         );
+    }
+
+    /// No /dev/kvm, no virtualization flag.
+    fn unusable_probe(d: &std::path::Path) -> HostProbe {
+        std::fs::write(d.join("cpuinfo"), "flags : fpu\n").unwrap();
+        HostProbe {
+            kvm_device: d.join("no-kvm"),
+            cpuinfo: d.join("cpuinfo"),
+            pvm_module: PathBuf::from("/nonexistent"),
+        }
     }
 
     fn usable_probe(d: &std::path::Path) -> HostProbe {
@@ -149,12 +154,7 @@ mod tests {
     #[test]
     fn explicit_builtin_without_usable_kvm_is_a_clear_error() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("cpuinfo"), "flags : fpu\n").unwrap();
-        let probe = HostProbe {
-            kvm_device: d.path().join("no-kvm"),
-            cpuinfo: d.path().join("cpuinfo"),
-            pvm_module: PathBuf::from("/nonexistent"),
-        };
+        let probe = unusable_probe(d.path());
         let err = select_with(BackendChoice::Builtin, "sh", "sh", &probe)
             .err()
             .unwrap()
