@@ -5,41 +5,23 @@
 //! must be reported by the monitor's boot-timer device. The medians are printed
 //! (`cargo xtask bench` writes the same table to BENCHMARKS.md).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::Result;
 use husk_tests::nested::compare;
 use husk_tests::{Artifacts, LeakScope, TestScope};
 
-/// The example binary, built next to this test by `cargo test`/`cargo nextest run`
-/// (their default target selection builds examples).
-const DRIVER: &str = "nested_pod";
+/// The pod driver, built by cargo with this test.
+const DRIVER: &str = env!("CARGO_BIN_EXE_nested_pod");
 /// Pods per backend.
 const ROUNDS: usize = 3;
-
-/// `target/<profile>/examples/nested_pod`, beside this test binary's `deps/`.
-fn driver() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the test binary is not in <target>/<profile>/deps")?;
-    let path = profile_dir.join("examples").join(DRIVER);
-    ensure!(
-        path.is_file(),
-        "{} is missing: build it with `cargo build -p husk-tests --examples` (cargo test and \
-         cargo nextest run build it when run without target filters)",
-        path.display()
-    );
-    Ok(path)
-}
 
 #[test]
 fn husk_vmm_runs_a_pod_inside_the_nested_host() -> Result<()> {
     let artifacts = Artifacts::from_env_unchecked()?;
     let scope = TestScope::new("nested-vmm")?;
-    let run = compare::run(&artifacts, scope.dir(), &driver()?, ROUNDS)?;
+    let run = compare::run(&artifacts, scope.dir(), Path::new(DRIVER), ROUNDS)?;
     eprintln!("{}", run.outer.stdout_text().trim_end());
     eprintln!(
         "outer boot {:?}, whole outer run {:?}",

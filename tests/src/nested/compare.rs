@@ -1,4 +1,4 @@
-//! QEMU/KVM next to husk's built-in monitor inside one nested host: the `nested_pod` example
+//! QEMU/KVM next to husk's built-in monitor inside one nested host: the `nested_pod` driver (a bin of this crate)
 //! launches pods through the backend selection the shim uses, alternating backends so load
 //! drifts affect both alike, and prints one `RESULT` line per pod; each husk-vmm must log
 //! its syscall filter, its boot timer and a clean stop. Used by the

@@ -16,10 +16,10 @@ const DRIVER: &str = "nested_pod";
 pub fn section(ws: &Workspace, artifacts: &Artifacts) -> Result<String> {
     step("nested KVM: husk-vmm next to QEMU/KVM in one outer VM");
     ws.cargo()
-        .args(["build", "-p", "husk-tests", "--example", DRIVER])
+        .args(["build", "-p", "husk-tests", "--bin", DRIVER])
         .run_inherit()
         .context("building the nested_pod driver")?;
-    let driver = ws.target_dir.join("debug/examples").join(DRIVER);
+    let driver = ws.target_dir.join("debug").join(DRIVER);
     let mut scope =
         TestScope::new("bench-nested").context("creating the nested bench directory")?;
     let run = compare::run(artifacts, scope.dir(), &driver, ROUNDS);
