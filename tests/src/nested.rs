@@ -13,7 +13,8 @@
 //!   directory, the husk artifacts) at their usual paths;
 //! - `/proc`, `/sys`, `/sys/fs/cgroup`, `/dev` (devtmpfs, with `/dev/kvm`), `/dev/pts` and
 //!   `/dev/shm` are the VM's own; `/tmp`, `/run` and `/var/tmp` (plus
-//!   [`NestedHost::writable`] paths) are empty tmpfs mounts;
+//!   [`NestedHost::writable`] paths) are empty tmpfs mounts, except that the artifacts and
+//!   the cargo target directory stay visible if they live there (a checkout in `/tmp`);
 //! - the test's scratch directory is shared read-write at the same path, and is the
 //!   script's working directory (`$HUSK_NESTED_SCRATCH`): files put there before the run
 //!   are visible inside, files written inside are visible afterwards;
@@ -193,6 +194,8 @@ pub struct NestedHost {
     cpus: u32,
     env: Vec<(String, String)>,
     writable: Vec<PathBuf>,
+    /// Host directories under the tmpfs mount points that must stay visible.
+    keep: Vec<PathBuf>,
     runs: AtomicU32,
 }
 
@@ -224,6 +227,7 @@ impl NestedHost {
             cpus: DEFAULT_CPUS,
             env: Vec::new(),
             writable: Vec::new(),
+            keep: init::hidden_by_tmpfs(&needed_dirs(artifacts)),
             runs: AtomicU32::new(0),
         };
         if direct {
@@ -296,6 +300,7 @@ impl NestedHost {
         let request = init::Request {
             env: &env,
             writable: &self.writable,
+            keep: &self.keep,
             timeout,
         };
         for (name, text) in [
@@ -305,6 +310,7 @@ impl NestedHost {
                 request.command_file(&self.scratch, &run_dir),
             ),
             (init::SETUP_FILE, request.setup_file()),
+            (init::KEEP_FILE, request.keep_file()),
         ] {
             let path = run_dir.join(name);
             fs::write(&path, text).map_err(|source| NestedError::Io {
@@ -314,7 +320,9 @@ impl NestedHost {
             })?;
         }
         if self.direct {
-            return direct::run(&self.scratch, &run_dir, timeout);
+            let mut keep = vec![self.scratch.clone()];
+            keep.extend(self.keep.iter().cloned());
+            return direct::run(&init::hidden_by_tmpfs(&keep), &run_dir, timeout);
         }
         let cmd = self.qemu(n).timeout(timeout + BOOT_ALLOWANCE);
         let out = match cmd.output() {
@@ -417,6 +425,20 @@ fn host_tsc_khz() -> Option<u64> {
     // A finite, positive MHz value is far below u64::MAX kHz.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     (mhz.is_finite() && mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
+/// What scripts run from the build machine: the artifacts and this test's cargo target
+/// directory (drivers built beside it). A checkout under `/tmp` needs them kept visible.
+fn needed_dirs(artifacts: &Artifacts) -> Vec<PathBuf> {
+    let mut dirs = vec![artifacts.dir().to_path_buf()];
+    // <target>/<profile>/deps/<test binary>: keep <target>/<profile>.
+    if let Some(profile) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+    {
+        dirs.push(profile);
+    }
+    dirs
 }
 
 /// [`HOST_MODE_ENV`], else whether this host's KVM runs standard guests.

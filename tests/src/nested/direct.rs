@@ -1,38 +1,49 @@
 //! The same run on a host whose own `/dev/kvm` runs standard guests: no outer VM, the script
 //! runs here in a private mount namespace where `/tmp`, `/run`, `/var/tmp` and the requested
-//! writable paths are fresh tmpfs mounts (the scratch directory is bound back in place), so
+//! writable paths are fresh tmpfs mounts (the scratch directory and the kept host directories
+//! are bound back in place), so
 //! what it mounts or leaves there vanishes with it, as in the outer VM. Environment, working
 //! directory and timeout come from the same wrapper the outer VM's init uses.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::init::{COMMAND_FILE, KILL_AFTER_SECS, SETUP_FILE};
 use super::{NestedError, NestedOutput};
 use crate::cmd::Cmd;
 
-/// Mounts the tmpfs directories (keeping the scratch directory `$3` reachable), then runs
+/// Mounts the tmpfs directories, keeping the scratch directory and the host directories
+/// listed in `$3` visible (held aside under a private tmpfs on /mnt, then put back), then runs
 /// the wrapper `$2`; `$1` lists the extra writable paths.
 const PREPARE: &str = r#"set -e
+mount -t tmpfs -o mode=0700 husk-nested-keep /mnt
+cp "$3" /mnt/list
+n=0
+while read -r p; do mkdir "/mnt/$n"; mount --bind "$p" "/mnt/$n"; n=$((n + 1)); done < /mnt/list
 mount -t tmpfs -o mode=0755 husk-nested /run
-mkdir /run/.husk-scratch
-mount --bind "$3" /run/.husk-scratch
 mount -t tmpfs -o mode=1777 husk-nested /tmp
 mount -t tmpfs -o mode=1777 husk-nested /var/tmp
-mkdir -p "$3"
-mount --bind /run/.husk-scratch "$3"
-umount /run/.husk-scratch
-rmdir /run/.husk-scratch
+n=0
+while read -r p; do mkdir -p "$p"; mount --move "/mnt/$n" "$p"; n=$((n + 1)); done < /mnt/list
+umount /mnt
 while read -r p; do mkdir -p "$p"; mount -t tmpfs husk-nested "$p"; done < "$1"
 exec /bin/sh "$2"
 "#;
 
-/// Runs the script prepared in `run_dir`.
+/// Runs the script prepared in `run_dir`; `keep` lists the directories to keep visible
+/// (the scratch directory among them).
 pub(super) fn run(
-    scratch: &Path,
+    keep: &[PathBuf],
     run_dir: &Path,
     timeout: Duration,
 ) -> Result<NestedOutput, NestedError> {
+    let keep_file = run_dir.join("keep-direct");
+    let list: String = keep.iter().map(|p| format!("{}\n", p.display())).collect();
+    std::fs::write(&keep_file, list).map_err(|source| NestedError::Io {
+        what: "writing",
+        path: keep_file.clone(),
+        source,
+    })?;
     let out = Cmd::new("unshare")
         .args([
             "--mount",
@@ -45,7 +56,7 @@ pub(super) fn run(
         .arg("husk-nested-direct")
         .arg(run_dir.join(SETUP_FILE))
         .arg(run_dir.join(COMMAND_FILE))
-        .arg(scratch)
+        .arg(&keep_file)
         .timeout(timeout + Duration::from_secs(KILL_AFTER_SECS + 5))
         .output()
         .map_err(NestedError::Direct)?;
