@@ -1,21 +1,25 @@
-//! The host processes of one VM, whatever the backend: the monitor (QEMU or husk-vmm) and
-//! its helpers (virtiofsd), the socket files they use, and the monitor's exit translated
-//! into a [`VmExit`]. Backends wrap this and add what is theirs alone.
+//! A running VM as the host sees it, whatever the backend: the monitor (QEMU or husk-vmm)
+//! and its helpers (virtiofsd), the socket files they use, in-process devices to stop with
+//! them (QEMU's vsock backend), and the monitor's exit translated into a [`VmExit`].
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::child::Supervised;
-use crate::vmm::VmExit;
+use crate::vmm::{VmExit, VmHandle};
 
 /// How long helpers get to exit on their own once the VM is gone (virtiofsd exits when its
 /// vhost-user peer disconnects).
 const HELPER_GRACE: Duration = Duration::from_secs(1);
+
+/// Stops something in-process that serves the VM; may block briefly (a thread join).
+pub(crate) type Cleanup = Box<dyn FnOnce() + Send>;
 
 pub(crate) struct VmProcesses {
     vmm: Option<Supervised>,
@@ -27,11 +31,13 @@ pub(crate) struct VmProcesses {
     stop_requested: Arc<AtomicBool>,
     /// The monitor's exit status in words.
     describe: fn(ExitStatus) -> String,
+    /// Run once, after the processes are gone (on stop or drop).
+    cleanups: Mutex<Vec<Cleanup>>,
 }
 
 impl VmProcesses {
-    /// `uds`: the hybrid-vsock socket (removed with `files`); `describe` words the monitor's
-    /// exit status.
+    /// `uds`: the hybrid-vsock socket; `files`: what else the VM created (both removed on
+    /// stop); `describe` words the monitor's exit status.
     pub(crate) fn new(
         uds: &Path,
         mut files: Vec<PathBuf>,
@@ -46,11 +52,19 @@ impl VmProcesses {
             exit_tx: Arc::new(watch::channel(None).0),
             stop_requested: Arc::new(AtomicBool::new(false)),
             describe,
+            cleanups: Mutex::new(Vec::new()),
         }
     }
 
     pub(crate) fn add_helper(&mut self, helper: Supervised) {
         self.helpers.push(helper);
+    }
+
+    /// Runs `cleanup` once the VM's processes are gone.
+    pub(crate) fn add_cleanup(&mut self, cleanup: Cleanup) {
+        if let Ok(c) = self.cleanups.get_mut() {
+            c.push(cleanup);
+        }
     }
 
     /// Takes ownership of the monitor and starts translating its exit into a [`VmExit`].
@@ -71,20 +85,40 @@ impl VmProcesses {
         self.vmm = Some(vmm);
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    fn all(&self) -> impl Iterator<Item = &Supervised> {
+        self.vmm.iter().chain(self.helpers.iter())
+    }
+
+    fn take_cleanups(&self) -> Vec<Cleanup> {
+        self.cleanups
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+    }
+
+    fn remove_files(&self) {
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+#[async_trait]
+impl VmHandle for VmProcesses {
+    fn pid(&self) -> u32 {
         self.vmm.as_ref().map(Supervised::pid).unwrap_or_default()
     }
 
-    pub(crate) fn vsock_uds(&self) -> &Path {
+    fn vsock_uds(&self) -> &Path {
         &self.uds
     }
 
-    pub(crate) fn exited(&self) -> watch::Receiver<Option<VmExit>> {
+    fn exited(&self) -> watch::Receiver<Option<VmExit>> {
         self.exit_tx.subscribe()
     }
 
     /// The end of each process's stderr.
-    pub(crate) fn diagnostics(&self) -> String {
+    fn diagnostics(&self) -> String {
         let mut parts = Vec::new();
         for p in self.all() {
             let tail = p.stderr_tail();
@@ -95,15 +129,15 @@ impl VmProcesses {
         parts.join("; ")
     }
 
-    pub(crate) fn processes(&self) -> Vec<(String, u32)> {
+    fn processes(&self) -> Vec<(String, u32)> {
         self.all()
             .map(|p| (p.role().to_string(), p.pid()))
             .collect()
     }
 
-    /// Stops the monitor (`grace` to exit on its own, then SIGKILL) and the helpers, and
-    /// removes the files. The exit is recorded as requested.
-    pub(crate) async fn stop(&self, grace: Duration) {
+    /// Stops the monitor (`grace` to exit on its own, then SIGKILL), the helpers and the
+    /// in-process devices, and removes the files. The exit is recorded as requested.
+    async fn stop(&self, grace: Duration) {
         self.stop_requested.store(true, Ordering::SeqCst);
         if let Some(vmm) = &self.vmm {
             let status = vmm.stop(grace).await;
@@ -122,24 +156,21 @@ impl VmProcesses {
         for h in &self.helpers {
             h.stop(HELPER_GRACE).await;
         }
-        self.remove_files();
-    }
-
-    fn all(&self) -> impl Iterator<Item = &Supervised> {
-        self.vmm.iter().chain(self.helpers.iter())
-    }
-
-    fn remove_files(&self) {
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
+        for cleanup in self.take_cleanups() {
+            // A join may block briefly; keep it off the async executor.
+            let _ = tokio::task::spawn_blocking(cleanup).await;
         }
+        self.remove_files();
     }
 }
 
 impl Drop for VmProcesses {
     fn drop(&mut self) {
         // Launch failed half-way or the owner forgot to stop: the processes are killed by
-        // their own Drop; leave no socket or file behind.
+        // their own Drop; stop the devices and leave no socket or file behind.
+        for cleanup in self.take_cleanups() {
+            cleanup();
+        }
         self.remove_files();
     }
 }

@@ -24,9 +24,9 @@ pub mod builder;
 pub mod config;
 pub mod device_manager;
 pub mod devices;
+mod exit_status;
 pub mod kvm;
 pub mod seccomp;
-mod vm;
 
 use std::path::{Path, PathBuf};
 
@@ -39,8 +39,8 @@ pub use config::{FsConfig, NetConfig, VmConfig, VsockConfig};
 use crate::child::{Stdout, Supervised};
 use crate::spec::VmSpec;
 use crate::virtiofsd;
+use crate::vm_processes::VmProcesses;
 use crate::vmm::{VmHandle, Vmm, VmmError};
-use vm::BuiltinVm;
 
 /// The guest stopped by itself (power off, reboot, triple fault, panic with `panic=-1`).
 pub const EXIT_GUEST_STOPPED: i32 = 0;
@@ -176,7 +176,11 @@ impl Vmm for BuiltinVmm {
             what: "husk-vmm (writing its config)",
             source,
         })?;
-        let mut vm = BuiltinVm::new(spec, vec![fs_socket.clone(), config_path.clone()]);
+        let mut vm = VmProcesses::new(
+            &spec.vsock.uds_path,
+            vec![fs_socket.clone(), config_path.clone()],
+            exit_status::describe_status,
+        );
         vm.add_helper(virtiofsd::spawn(&spec.shared_fs, &fs_socket, log)?);
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--config").arg(&config_path);

@@ -80,12 +80,12 @@ fn exit_statuses_are_explained() {
     let s = describe_status_of(0);
     assert!(s.contains("status 0") && s.contains("guest stopped"), "{s}");
     assert!(describe_status_of(EXIT_SETUP_FAILED).contains("could not be started"));
-    assert!(vm::describe_status(std::process::ExitStatus::from_raw(9)).contains("killed"));
+    assert!(exit_status::describe_status(std::process::ExitStatus::from_raw(9)).contains("killed"));
 }
 
 fn describe_status_of(code: i32) -> String {
     use std::os::unix::process::ExitStatusExt;
-    vm::describe_status(std::process::ExitStatus::from_raw(code << 8))
+    exit_status::describe_status(std::process::ExitStatus::from_raw(code << 8))
 }
 
 #[tokio::test]

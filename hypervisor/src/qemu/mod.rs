@@ -3,7 +3,6 @@
 //! vhost-user backend; virtio-fs is served by a virtiofsd child.
 
 mod args;
-mod vm;
 
 use std::path::{Path, PathBuf};
 
@@ -11,8 +10,8 @@ use async_trait::async_trait;
 use slog::{Logger, info};
 use tokio::process::Command;
 
+use crate::vm_processes::VmProcesses;
 pub use args::{Accel, FALLBACK_TSC_KHZ, kernel_cmdline, qemu_args};
-use vm::QemuVm;
 
 use crate::child::{Stdout, Supervised};
 use crate::spec::VmSpec;
@@ -71,7 +70,12 @@ impl Vmm for QemuVmm {
             vhost_listener,
             log.new(slog::o!("device" => "vsock")),
         )?;
-        let mut vm = QemuVm::new(spec, vsock, vec![vhost_path.clone(), fs_path.clone()]);
+        let mut vm = VmProcesses::new(
+            &spec.vsock.uds_path,
+            vec![vhost_path.clone(), fs_path.clone()],
+            crate::child::describe,
+        );
+        vm.add_cleanup(Box::new(move || vsock.stop()));
         vm.add_helper(virtiofsd::spawn(&spec.shared_fs, &fs_path, log)?);
         let mut cmd = Command::new(&self.binary);
         cmd.args(qemu_args(spec, self.accel, &vhost_path, &fs_path));
