@@ -545,6 +545,15 @@ impl Containerd {
         Ctr::new(&self.address, namespace, timeout).with_program(&self.binaries.ctr)
     }
 
+    /// Prints the end of the log to stderr (nextest shows a failed test's stderr).
+    pub fn print_log_tail(&self, why: &str) {
+        eprintln!(
+            "husk-tests: {why}; containerd log {} (end):\n{}",
+            self.log.display(),
+            self.log_tail()
+        );
+    }
+
     /// Its log file (containerd's and the shims' messages).
     pub fn log(&self) -> &Path {
         &self.log

@@ -253,6 +253,20 @@ impl LeakScope {
         }
     }
 
+    /// [`Self::kill_attributed`] after a failed test, listing on stderr what it killed.
+    pub fn kill_and_report(&self) {
+        let killed = self.kill_attributed();
+        if !killed.is_empty() {
+            eprintln!(
+                "husk-tests: killed {} leftover process(es) of the test:",
+                killed.len()
+            );
+            for p in &killed {
+                eprintln!("  {p}");
+            }
+        }
+    }
+
     /// SIGKILLs every attributed process (so one failed test cannot disturb the next);
     /// returns what it killed.
     pub fn kill_attributed(&self) -> Vec<ProcInfo> {

@@ -297,10 +297,18 @@ impl NestedHost {
             MODE_VAR.to_owned(),
             if self.direct { "direct" } else { "outer" }.to_owned(),
         ));
+        // The outer VM mounts the scratch directory itself; run here, it must be kept too.
+        let keep = if self.direct {
+            let mut dirs = vec![self.scratch.clone()];
+            dirs.extend(self.keep.iter().cloned());
+            init::hidden_by_tmpfs(&dirs)
+        } else {
+            self.keep.clone()
+        };
         let request = init::Request {
             env: &env,
             writable: &self.writable,
-            keep: &self.keep,
+            keep: &keep,
             timeout,
         };
         for (name, text) in [
@@ -320,9 +328,7 @@ impl NestedHost {
             })?;
         }
         if self.direct {
-            let mut keep = vec![self.scratch.clone()];
-            keep.extend(self.keep.iter().cloned());
-            return direct::run(&init::hidden_by_tmpfs(&keep), &run_dir, timeout);
+            return direct::run(&run_dir, timeout);
         }
         let cmd = self.qemu(n).timeout(timeout + BOOT_ALLOWANCE);
         let out = match cmd.output() {

@@ -17,7 +17,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::artifacts::{Artifacts, ArtifactsError, HUSK_RUNTIME, RUNC_RUNTIME};
-use crate::cmd::Cmd;
+use crate::cmd::{Cmd, CmdError};
 use crate::containerd::{Containerd, ContainerdError, ContainerdFlavour, ContainerdOptions};
 use crate::ctr::{Ctr, CtrError};
 use crate::husk_config::{ConfigError, HuskConfig};
@@ -240,6 +240,17 @@ impl TestBed {
             .args(args)
     }
 
+    /// `ctr run -d --runtime <runtime> <image> <id> <args...>`: a container left running.
+    pub fn run_detached(&self, id: &str, args: &[&str]) -> Result<(), CmdError> {
+        self.ctr
+            .cmd(["run", "-d", "--runtime", self.runtime_type()])
+            .arg(self.image())
+            .arg(id)
+            .args(args)
+            .checked()?;
+        Ok(())
+    }
+
     /// One leak check now, without waiting or failing (to inspect what the test owns).
     pub fn check_leaks_now(&self) -> Result<LeakReport, TestBedError> {
         let ids = self
@@ -301,20 +312,7 @@ impl Drop for TestBed {
         }
         // Dropped without `finish`: the test failed. Show what containerd and the shims
         // said (nextest prints a failed test's stderr).
-        eprintln!(
-            "husk-tests: the test did not finish; containerd log {} (end):\n{}",
-            self.containerd.log().display(),
-            self.containerd.log_tail()
-        );
-        let killed = self.leaks.kill_attributed();
-        if !killed.is_empty() {
-            eprintln!(
-                "husk-tests: killed {} leftover process(es) of the test:",
-                killed.len()
-            );
-            for p in &killed {
-                eprintln!("  {p}");
-            }
-        }
+        self.containerd.print_log_tail("the test did not finish");
+        self.leaks.kill_and_report();
     }
 }

@@ -11,7 +11,7 @@ use anyhow::{Result, ensure};
 use cri_common::{running, state_name, stop_and_remove_pod, wait_exited, wait_no_vmm, wait_until};
 use husk_tests::ContainerdFlavour;
 use husk_tests::cri::CriWorld;
-use k8s_cri::v1::ContainerState;
+use k8s_cri::v1::{ContainerState, ContainerStatus};
 
 /// Grace period of the stubborn container.
 const GRACE: u64 = 4;
@@ -68,16 +68,12 @@ fn cri_stop_container_grace_period_exit_codes_and_reasons() -> Result<()> {
         took >= Duration::from_secs(GRACE) && took < Duration::from_secs(GRACE + 10),
         "StopContainer with a {GRACE} s grace period took {took:?}"
     );
-    let s = c.container_status(&stubborn)?;
-    ensure!(
-        s.state == ContainerState::ContainerExited as i32
-            && s.exit_code == 137
-            && s.reason == "Error",
-        "after the grace period: {} exit {} reason {:?} (expected EXITED, 137, Error)",
-        state_name(&s),
-        s.exit_code,
-        s.reason
-    );
+    ensure_exited(
+        &c.container_status(&stubborn)?,
+        137,
+        "Error",
+        "after the grace period",
+    )?;
     wait_until(
         "the SIGTERM trap's output in the log",
         Duration::from_secs(10),
@@ -91,16 +87,12 @@ fn cri_stop_container_grace_period_exit_codes_and_reasons() -> Result<()> {
         took < Duration::from_secs(10),
         "a container that exits on SIGTERM took {took:?} to stop (grace 30 s)"
     );
-    let s = c.container_status(&polite)?;
-    ensure!(
-        s.state == ContainerState::ContainerExited as i32
-            && s.exit_code == 0
-            && s.reason == "Completed",
-        "after SIGTERM: {} exit {} reason {:?} (expected EXITED, 0, Completed)",
-        state_name(&s),
-        s.exit_code,
-        s.reason
-    );
+    ensure_exited(
+        &c.container_status(&polite)?,
+        0,
+        "Completed",
+        "after SIGTERM",
+    )?;
 
     let s = wait_exited(c, &quitter, Duration::from_secs(30))?;
     ensure!(
@@ -171,5 +163,19 @@ fn cri_stop_pod_sandbox_with_running_containers() -> Result<()> {
     );
     c.remove_pod_sandbox(&pod)?;
     w.finish()?;
+    Ok(())
+}
+
+/// `s` is EXITED with `code` and `reason`; `when` names the moment for the message.
+fn ensure_exited(s: &ContainerStatus, code: i32, reason: &str, when: &str) -> Result<()> {
+    ensure!(
+        s.state == ContainerState::ContainerExited as i32
+            && s.exit_code == code
+            && s.reason == reason,
+        "{when}: {} exit {} reason {:?} (expected EXITED, {code}, {reason})",
+        state_name(s),
+        s.exit_code,
+        s.reason
+    );
     Ok(())
 }

@@ -32,17 +32,7 @@ fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> R
 fn killed_shim_leaves_nothing_behind() -> Result<()> {
     let bed = TestBed::start("deadshim", Runtime::Husk)?;
     let id = bed.id("victim");
-    bed.ctr()
-        .checked([
-            "run",
-            "-d",
-            "--runtime",
-            bed.runtime_type(),
-            bed.image(),
-            &id,
-            "sleep",
-            "1000",
-        ])
+    bed.run_detached(&id, &["sleep", "1000"])
         .context("starting a detached container")?;
     bed.ctr()
         .wait_task_status(&id, "RUNNING", Duration::from_secs(60))?;
@@ -91,17 +81,7 @@ fn killed_shim_leaves_nothing_behind() -> Result<()> {
 fn killed_vmm_ends_the_pod_and_its_shim() -> Result<()> {
     let bed = TestBed::start("deadvmm", Runtime::Husk)?;
     let id = bed.id("vmmvictim");
-    bed.ctr()
-        .checked([
-            "run",
-            "-d",
-            "--runtime",
-            bed.runtime_type(),
-            bed.image(),
-            &id,
-            "sleep",
-            "1000",
-        ])
+    bed.run_detached(&id, &["sleep", "1000"])
         .context("starting a detached container")?;
     bed.ctr()
         .wait_task_status(&id, "RUNNING", Duration::from_secs(60))?;

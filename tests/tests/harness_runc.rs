@@ -32,16 +32,7 @@ fn busybox_runs_under_runc_and_nothing_leaks() -> Result<()> {
 fn leak_checker_sees_a_running_container() -> Result<()> {
     let bed = TestBed::start("harness-leak", RT)?;
     let id = bed.id("leak");
-    bed.ctr().checked([
-        "run",
-        "-d",
-        "--runtime",
-        bed.runtime_type(),
-        bed.image(),
-        &id,
-        "sleep",
-        "1000",
-    ])?;
+    bed.run_detached(&id, &["sleep", "1000"])?;
     let report = bed.check_leaks_now()?;
     let names: Vec<String> = report.processes.iter().map(|p| p.name()).collect();
     ensure!(

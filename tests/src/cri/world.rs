@@ -420,16 +420,7 @@ impl CriWorld {
         // really was left behind.
         let ids: Vec<String> = t.sandboxes.iter().chain(&t.containers).cloned().collect();
         let _ = self.leaks.wait_clean(&ids, LEAK_GRACE);
-        let killed = self.leaks.kill_attributed();
-        if !killed.is_empty() {
-            eprintln!(
-                "husk-tests: killed {} leftover process(es) of the test:",
-                killed.len()
-            );
-            for p in &killed {
-                eprintln!("  {p}");
-            }
-        }
+        self.leaks.kill_and_report();
         self.network.force_cleanup(&t.netns);
     }
 }
@@ -439,11 +430,7 @@ impl Drop for CriWorld {
         if self.finished {
             return;
         }
-        eprintln!(
-            "husk-tests: the test did not finish; containerd log {} (end):\n{}",
-            self.containerd.log().display(),
-            self.containerd.log_tail()
-        );
+        self.containerd.print_log_tail("the test did not finish");
         self.rescue();
     }
 }

@@ -5,16 +5,16 @@
 //! what it mounts or leaves there vanishes with it, as in the outer VM. Environment, working
 //! directory and timeout come from the same wrapper the outer VM's init uses.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use super::init::{COMMAND_FILE, KILL_AFTER_SECS, SETUP_FILE};
+use super::init::{COMMAND_FILE, KEEP_FILE, KILL_AFTER_SECS, SETUP_FILE};
 use super::{NestedError, NestedOutput};
 use crate::cmd::Cmd;
 
-/// Mounts the tmpfs directories, keeping the scratch directory and the host directories
-/// listed in `$3` visible (held aside under a private tmpfs on /mnt, then put back), then runs
-/// the wrapper `$2`; `$1` lists the extra writable paths.
+/// Mounts the tmpfs directories, keeping the host directories listed in `$3` (the scratch
+/// directory among them) visible: held aside under a private tmpfs on /mnt, then put back.
+/// Then runs the wrapper `$2`; `$1` lists the extra writable paths.
 const PREPARE: &str = r#"set -e
 mount -t tmpfs -o mode=0700 husk-nested-keep /mnt
 cp "$3" /mnt/list
@@ -30,20 +30,8 @@ while read -r p; do mkdir -p "$p"; mount -t tmpfs husk-nested "$p"; done < "$1"
 exec /bin/sh "$2"
 "#;
 
-/// Runs the script prepared in `run_dir`; `keep` lists the directories to keep visible
-/// (the scratch directory among them).
-pub(super) fn run(
-    keep: &[PathBuf],
-    run_dir: &Path,
-    timeout: Duration,
-) -> Result<NestedOutput, NestedError> {
-    let keep_file = run_dir.join("keep-direct");
-    let list: String = keep.iter().map(|p| format!("{}\n", p.display())).collect();
-    std::fs::write(&keep_file, list).map_err(|source| NestedError::Io {
-        what: "writing",
-        path: keep_file.clone(),
-        source,
-    })?;
+/// Runs the script prepared in `run_dir`.
+pub(super) fn run(run_dir: &Path, timeout: Duration) -> Result<NestedOutput, NestedError> {
     let out = Cmd::new("unshare")
         .args([
             "--mount",
@@ -56,7 +44,7 @@ pub(super) fn run(
         .arg("husk-nested-direct")
         .arg(run_dir.join(SETUP_FILE))
         .arg(run_dir.join(COMMAND_FILE))
-        .arg(&keep_file)
+        .arg(run_dir.join(KEEP_FILE))
         .timeout(timeout + Duration::from_secs(KILL_AFTER_SECS + 5))
         .output()
         .map_err(NestedError::Direct)?;

@@ -69,24 +69,23 @@ impl Vcpu {
         self.set_lint()?;
         if let Some(boot) = boot {
             let mut sregs = self.fd.get_sregs().map_err(ioctl("GET_SREGS"))?;
-            let mut b = boot.clone();
+            let want = &boot.sregs;
             // Keep KVM's reset values for everything the boot protocol does not define.
-            sregs.cs = b.sregs.cs;
-            sregs.ds = b.sregs.ds;
-            sregs.es = b.sregs.es;
-            sregs.fs = b.sregs.fs;
-            sregs.gs = b.sregs.gs;
-            sregs.ss = b.sregs.ss;
-            sregs.tr = b.sregs.tr;
-            sregs.gdt = b.sregs.gdt;
-            sregs.idt = b.sregs.idt;
-            sregs.cr0 = b.sregs.cr0;
-            sregs.cr3 = b.sregs.cr3;
-            sregs.cr4 = b.sregs.cr4;
-            sregs.efer = b.sregs.efer;
-            b.sregs = sregs;
-            self.fd.set_sregs(&b.sregs).map_err(ioctl("SET_SREGS"))?;
-            self.fd.set_regs(&b.regs).map_err(ioctl("SET_REGS"))?;
+            sregs.cs = want.cs;
+            sregs.ds = want.ds;
+            sregs.es = want.es;
+            sregs.fs = want.fs;
+            sregs.gs = want.gs;
+            sregs.ss = want.ss;
+            sregs.tr = want.tr;
+            sregs.gdt = want.gdt;
+            sregs.idt = want.idt;
+            sregs.cr0 = want.cr0;
+            sregs.cr3 = want.cr3;
+            sregs.cr4 = want.cr4;
+            sregs.efer = want.efer;
+            self.fd.set_sregs(&sregs).map_err(ioctl("SET_SREGS"))?;
+            self.fd.set_regs(&boot.regs).map_err(ioctl("SET_REGS"))?;
         }
         Ok(())
     }
