@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use husk_tests::containerd::major_version;
 use husk_tests::kernel_release::release_of_bzimage;
-use husk_tests::{Artifacts, ContainerdFlavour, Runtime, TestBed};
+use husk_tests::{Artifacts, ContainerdFlavour, Runtime, TEST_NAMESPACE, TestBed};
 use sha2::{Digest, Sha256};
 
 /// Size of the stdout stream test.
@@ -128,6 +128,19 @@ pub fn exit_code_propagates(bed: &TestBed) -> Result<()> {
     Ok(())
 }
 
+/// `ctr oci spec` with the image's rootfs, for `ctr run --config`. Its cgroup is the
+/// container's own, as `ctr run` would give it: the default (`/<namespace>`) is one cgroup
+/// that every such container of every test would share, and runc then fails to set up the
+/// device rules of one while another has a child cgroup below it.
+fn base_spec(bed: &TestBed, id: &str) -> Result<serde_json::Value> {
+    let spec_text = bed.ctr().checked(["oci", "spec"])?.stdout_text();
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&spec_text).context("parsing `ctr oci spec`")?;
+    spec["root"] = serde_json::json!({ "path": bed.image_rootfs(), "readonly": true });
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{TEST_NAMESPACE}/{id}"));
+    Ok(spec)
+}
+
 /// The OCI process spec is honoured: user and group, environment, working directory; the
 /// container sees its own pid namespace, hostname, /proc, /sys, /dev and cgroup.
 pub fn process_spec_is_honoured(bed: &TestBed) -> Result<()> {
@@ -137,10 +150,7 @@ pub fn process_spec_is_honoured(bed: &TestBed) -> Result<()> {
                   test -e /proc/self/status && test -d /sys/kernel && test -c /dev/null && echo mounts-ok; \
                   echo cgroup=$(cat /proc/self/cgroup)";
     // ctr 1.6 has no --user: a hand-written spec carries the process settings.
-    let spec_text = bed.ctr().checked(["oci", "spec"])?.stdout_text();
-    let mut spec: serde_json::Value =
-        serde_json::from_str(&spec_text).context("parsing `ctr oci spec`")?;
-    spec["root"] = serde_json::json!({ "path": bed.image_rootfs(), "readonly": true });
+    let mut spec = base_spec(bed, &id)?;
     spec["process"]["args"] = serde_json::json!(["sh", "-c", script]);
     spec["process"]["user"] =
         serde_json::json!({"uid": 1000, "gid": 1001, "additionalGids": [1002]});
@@ -467,10 +477,7 @@ pub fn kill_sigkill_stops_the_task(bed: &TestBed) -> Result<()> {
 /// within a bound, with an error naming `cwd`, and nothing is left behind.
 pub fn invalid_spec_is_rejected(bed: &TestBed, within: Duration) -> Result<()> {
     let id = bed.id("badspec");
-    let spec_text = bed.ctr().checked(["oci", "spec"])?.stdout_text();
-    let mut spec: serde_json::Value =
-        serde_json::from_str(&spec_text).context("parsing `ctr oci spec`")?;
-    spec["root"] = serde_json::json!({ "path": bed.image_rootfs(), "readonly": true });
+    let mut spec = base_spec(bed, &id)?;
     spec["process"]["args"] = serde_json::json!(["/bin/true"]);
     spec["process"]["cwd"] = serde_json::json!("relative/dir");
     let path = bed.dir().join("bad-spec.json");
