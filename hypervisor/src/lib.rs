@@ -19,6 +19,9 @@ pub mod vmm;
 pub mod vsock;
 
 pub use probe::{HostProbe, KvmSupport};
-pub use select::{BackendChoice, Selection, select, select_with};
+pub use select::{
+    ALLOW_EMULATION_KEY, BackendChoice, Selection, SoftwareEmulation, TCG_IS_NOT_A_BOUNDARY,
+    select, select_with,
+};
 pub use spec::{SharedFsSpec, VmSpec, VsockSpec};
 pub use vmm::{VmExit, VmHandle, Vmm, VmmError};

@@ -17,18 +17,36 @@ pub enum BackendChoice {
     Builtin,
 }
 
+/// Whether pods may run under software emulation (QEMU TCG) where KVM cannot run guests:
+/// the `hypervisor.allow_software_emulation` setting. QEMU's own security documentation
+/// says TCG is not a security boundary, so it is an explicit opt-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SoftwareEmulation {
+    Allowed,
+    Refused,
+}
+
+/// The configuration key that allows software emulation, named in errors.
+pub const ALLOW_EMULATION_KEY: &str = "hypervisor.allow_software_emulation";
+
+/// What `check` and the pod log say whenever a pod runs under TCG.
+pub const TCG_IS_NOT_A_BOUNDARY: &str = "QEMU's TCG software emulation is not a security boundary (QEMU's own security documentation): a guest that exploits the emulator runs code as the QEMU process on the host";
+
 /// The chosen backend and a sentence explaining the choice (logged, and shown by `check`).
 pub struct Selection {
     pub vmm: Box<dyn Vmm>,
     pub reason: String,
+    /// The pod runs under software emulation: no hardware-virtualization boundary.
+    pub emulated: bool,
 }
 
 pub fn select(
     choice: BackendChoice,
     qemu_path: &str,
+    emulation: SoftwareEmulation,
     probe: &HostProbe,
 ) -> Result<Selection, VmmError> {
-    select_with(choice, qemu_path, VMM_BINARY, probe)
+    select_with(choice, qemu_path, VMM_BINARY, emulation, probe)
 }
 
 /// [`select`] with an explicit `husk-vmm` path (a name is looked up beside the running
@@ -37,6 +55,7 @@ pub fn select_with(
     choice: BackendChoice,
     qemu_path: &str,
     vmm_path: &str,
+    emulation: SoftwareEmulation,
     probe: &HostProbe,
 ) -> Result<Selection, VmmError> {
     let kvm = probe.kvm();
@@ -50,6 +69,7 @@ pub fn select_with(
             return Ok(Selection {
                 vmm: Box::new(BuiltinVmm::new(vmm_path)?),
                 reason: "backend=builtin: husk's microVM monitor on KVM".into(),
+                emulated: false,
             });
         }
         (BackendChoice::Auto, KvmSupport::Usable) => match BuiltinVmm::new(vmm_path) {
@@ -57,6 +77,7 @@ pub fn select_with(
                 return Ok(Selection {
                     vmm: Box::new(vmm),
                     reason: "backend=auto: KVM can run standard guests here: husk's microVM monitor (husk-vmm)".into(),
+                    emulated: false,
                 });
             }
             Err(e) => {
@@ -64,6 +85,7 @@ pub fn select_with(
                 return Ok(Selection {
                     vmm: Box::new(q),
                     reason: format!("backend=auto: KVM is usable but {e}: QEMU with KVM"),
+                    emulated: false,
                 });
             }
         },
@@ -74,12 +96,17 @@ pub fn select_with(
             Accel::Kvm,
             "KVM can run standard guests here: QEMU with KVM".to_string(),
         ),
+        KvmSupport::Unusable(why) if emulation == SoftwareEmulation::Refused => {
+            return Err(VmmError::NoBackend(format!(
+                "this host has no usable hardware virtualization ({why}), and {TCG_IS_NOT_A_BOUNDARY}; husk refuses to run pods without a hardware-virtualization boundary. Run husk pods on hosts with KVM that can run standard guests, or set {ALLOW_EMULATION_KEY} = true to accept software emulation"
+            )));
+        }
         KvmSupport::Unusable(why) => (
             Accel::Tcg {
                 tsc_khz: probe.tsc_khz().unwrap_or(FALLBACK_TSC_KHZ),
             },
             format!(
-                "no usable hardware virtualization ({why}): QEMU with TCG software emulation, expect slow pods"
+                "no usable hardware virtualization ({why}): QEMU with TCG software emulation ({ALLOW_EMULATION_KEY} = true), expect slow pods; {TCG_IS_NOT_A_BOUNDARY}"
             ),
         ),
     };
@@ -88,6 +115,7 @@ pub fn select_with(
         BackendChoice::Qemu | BackendChoice::Builtin => format!("backend=qemu: {reason}"),
     };
     Ok(Selection {
+        emulated: matches!(accel, Accel::Tcg { .. }),
         vmm: Box::new(QemuVmm::new(qemu_path, accel)?),
         reason,
     })
@@ -102,8 +130,16 @@ mod tests {
     fn falls_back_to_tcg_with_reason() {
         let d = tempfile::tempdir().unwrap();
         let probe = unusable_probe(d.path());
-        let s = select(BackendChoice::Auto, "sh", &probe).unwrap();
+        let s = select(
+            BackendChoice::Auto,
+            "sh",
+            SoftwareEmulation::Allowed,
+            &probe,
+        )
+        .unwrap();
         assert_eq!(s.vmm.name(), "qemu-tcg");
+        assert!(s.emulated);
+        assert!(s.reason.contains("not a security boundary"), "{}", s.reason);
         assert!(
             s.reason.contains("no usable hardware virtualization"),
             "{}",
@@ -134,16 +170,31 @@ mod tests {
     #[test]
     fn auto_picks_builtin_where_kvm_is_usable() {
         let d = tempfile::tempdir().unwrap();
-        let s = select_with(BackendChoice::Auto, "sh", "sh", &usable_probe(d.path())).unwrap();
+        let s = select_with(
+            BackendChoice::Auto,
+            "sh",
+            "sh",
+            SoftwareEmulation::Refused,
+            &usable_probe(d.path()),
+        )
+        .unwrap();
         assert_eq!(s.vmm.name(), "builtin");
         assert!(s.reason.contains("microVM monitor"), "{}", s.reason);
-        let s = select_with(BackendChoice::Builtin, "sh", "sh", &usable_probe(d.path())).unwrap();
+        let s = select_with(
+            BackendChoice::Builtin,
+            "sh",
+            "sh",
+            SoftwareEmulation::Refused,
+            &usable_probe(d.path()),
+        )
+        .unwrap();
         assert_eq!(s.vmm.name(), "builtin");
         // Without the monitor binary, auto still runs pods: QEMU with KVM.
         let s = select_with(
             BackendChoice::Auto,
             "sh",
             "/nonexistent/husk-vmm",
+            SoftwareEmulation::Refused,
             &usable_probe(d.path()),
         )
         .unwrap();
@@ -155,10 +206,16 @@ mod tests {
     fn explicit_builtin_without_usable_kvm_is_a_clear_error() {
         let d = tempfile::tempdir().unwrap();
         let probe = unusable_probe(d.path());
-        let err = select_with(BackendChoice::Builtin, "sh", "sh", &probe)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = select_with(
+            BackendChoice::Builtin,
+            "sh",
+            "sh",
+            SoftwareEmulation::Allowed,
+            &probe,
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(
             err.contains("backend=builtin") && err.contains("cannot open"),
             "{err}"
@@ -166,10 +223,38 @@ mod tests {
     }
 
     #[test]
+    fn software_emulation_is_refused_unless_allowed() {
+        let d = tempfile::tempdir().unwrap();
+        let probe = unusable_probe(d.path());
+        for choice in [BackendChoice::Auto, BackendChoice::Qemu] {
+            let err = select(choice, "sh", SoftwareEmulation::Refused, &probe)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("no usable hardware virtualization")
+                    && err.contains(ALLOW_EMULATION_KEY)
+                    && err.contains("not a security boundary"),
+                "{err}"
+            );
+        }
+        // KVM that runs guests needs no opt-in.
+        let s = select(
+            BackendChoice::Qemu,
+            "sh",
+            SoftwareEmulation::Refused,
+            &usable_probe(d.path()),
+        )
+        .unwrap();
+        assert_eq!(s.vmm.name(), "qemu-kvm");
+    }
+
+    #[test]
     fn missing_qemu_is_a_clear_error() {
         let err = select(
             BackendChoice::Qemu,
             "/nonexistent/qemu",
+            SoftwareEmulation::Allowed,
             &HostProbe::default(),
         )
         .err()

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use husk_hypervisor::{HostProbe, KvmSupport};
+use husk_hypervisor::{HostProbe, KvmSupport, TCG_IS_NOT_A_BOUNDARY};
 
 use crate::config::Config;
 
@@ -35,9 +35,15 @@ pub fn run() -> Result<bool> {
         config.hypervisor.backend,
         &config.hypervisor.qemu_path,
         &config.hypervisor.vmm_path,
+        config.hypervisor.software_emulation(),
         &probe,
     ) {
-        Ok(s) => println!("vmm: {} ({})", s.vmm.name(), s.reason),
+        Ok(s) => {
+            println!("vmm: {} ({})", s.vmm.name(), s.reason);
+            if s.emulated {
+                println!("isolation: WARNING {TCG_IS_NOT_A_BOUNDARY}");
+            }
+        }
         Err(e) => {
             ok = false;
             println!("vmm: ERROR {e}");

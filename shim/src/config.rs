@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use husk_hypervisor::BackendChoice;
+use husk_hypervisor::{BackendChoice, SoftwareEmulation};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -56,6 +56,9 @@ pub struct HypervisorConfig {
     pub overhead_memory_mib: u32,
     /// Appended to husk's guest kernel command line.
     pub kernel_params: String,
+    /// Run pods under QEMU's TCG where KVM cannot run guests. TCG is not a security
+    /// boundary, so this is off unless the operator says otherwise.
+    pub allow_software_emulation: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -96,6 +99,17 @@ impl Default for HypervisorConfig {
             overhead_vcpus: 1,
             overhead_memory_mib: 128,
             kernel_params: String::new(),
+            allow_software_emulation: false,
+        }
+    }
+}
+
+impl HypervisorConfig {
+    pub fn software_emulation(&self) -> SoftwareEmulation {
+        if self.allow_software_emulation {
+            SoftwareEmulation::Allowed
+        } else {
+            SoftwareEmulation::Refused
         }
     }
 }

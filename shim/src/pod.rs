@@ -53,6 +53,7 @@ impl Pod {
             config.hypervisor.backend,
             &config.hypervisor.qemu_path,
             &config.hypervisor.vmm_path,
+            config.hypervisor.software_emulation(),
             &HostProbe::default(),
         )?;
         info!(log, "hypervisor selected"; "vmm" => selection.vmm.name(), "reason" => &selection.reason);

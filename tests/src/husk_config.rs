@@ -65,6 +65,9 @@ pub struct HypervisorConfig {
     pub kernel: PathBuf,
     /// Guest initramfs.
     pub initrd: PathBuf,
+    /// Run pods under QEMU's TCG where KVM cannot run guests (these build machines have
+    /// none); the installed default is `false`.
+    pub allow_software_emulation: bool,
 }
 
 /// `[virtiofs]`.
@@ -104,6 +107,7 @@ impl HuskConfig {
                 qemu_path: PathBuf::from("qemu-system-x86_64"),
                 kernel: a.kernel(),
                 initrd: a.initrd(),
+                allow_software_emulation: true,
             },
             virtiofs: VirtiofsConfig {
                 virtiofsd_path: a.virtiofsd(),
@@ -169,6 +173,7 @@ mod tests {
              qemu_path = \"qemu-system-x86_64\"\n\
              kernel = \"/a/vmlinuz\"\n\
              initrd = \"/a/initrd.img\"\n\
+             allow_software_emulation = true\n\
              \n\
              [virtiofs]\n\
              virtiofsd_path = \"/a/virtiofsd\"\n\

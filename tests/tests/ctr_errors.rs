@@ -102,3 +102,31 @@ fn silent_agent_times_out() -> Result<()> {
         &["agent"],
     )
 }
+
+/// TCG is not a security boundary: without `hypervisor.allow_software_emulation` a host
+/// whose KVM cannot run guests refuses pods at once, naming what is missing and the key.
+/// Where KVM can run guests the key does not matter and the pod runs.
+#[test]
+fn software_emulation_needs_opt_in() -> Result<()> {
+    let cfg = config_with(|c| c.hypervisor.allow_software_emulation = false)?;
+    match husk_hypervisor::HostProbe::default().kvm() {
+        husk_hypervisor::KvmSupport::Unusable(_) => run_with_config(
+            "no-emulation",
+            cfg,
+            Duration::ZERO,
+            Duration::from_secs(10),
+            &[
+                "no usable hardware virtualization",
+                "hypervisor.allow_software_emulation",
+            ],
+        ),
+        husk_hypervisor::KvmSupport::Usable => {
+            let bed = TestBed::builder("no-emulation", Runtime::Husk)
+                .husk_config(cfg)
+                .start()?;
+            common::uname_r_is_the_guest_kernel(&bed)?;
+            bed.finish().context("leak check")?;
+            Ok(())
+        }
+    }
+}

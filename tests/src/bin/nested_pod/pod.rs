@@ -47,6 +47,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         config.hypervisor.backend,
         &config.hypervisor.qemu_path,
         args.vmm.as_deref().unwrap_or(VMM_BINARY),
+        config.hypervisor.software_emulation(),
         &HostProbe::default(),
     )?;
     let backend = selection.vmm.name();
