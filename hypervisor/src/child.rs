@@ -193,7 +193,7 @@ async fn forward_lines<R: AsyncRead + Unpin>(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+        let line = husk_protocol::guest_text::escape(String::from_utf8_lossy(&buf).trim_end());
         if let Some(tail) = &tail {
             if let Ok(mut t) = tail.lock() {
                 if t.len() == TAIL_LINES {
@@ -260,6 +260,16 @@ mod tests {
         buf.clear();
         read_bounded_line(&mut r, &mut buf).await.unwrap();
         assert_eq!(buf, b"short\n");
+    }
+
+    #[tokio::test]
+    async fn forwarded_lines_are_escaped() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let input = "ok\rlevel=error msg=forged\u{1b}[2K\n".as_bytes();
+        forward_lines(input, log, Some(tail.clone())).await;
+        let lines: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
+        assert_eq!(lines, ["ok\\rlevel=error msg=forged\\u{1b}[2K"]);
     }
 
     #[tokio::test]

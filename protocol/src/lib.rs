@@ -2,6 +2,7 @@
 //! the vsock ports, the guest paths both sides agree on, and the header that opens a stdio
 //! stream on the IO port.
 
+pub mod guest_text;
 pub mod io_stream;
 
 /// Generated protobuf messages and ttrpc service/client for `husk.agent.v1.Agent`.

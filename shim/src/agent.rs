@@ -28,7 +28,8 @@ pub enum AgentError {
     NotReady { waited: Duration, last: String },
     #[error("the VM ended {waited:?} after it was started, before its agent answered: {how}")]
     VmEnded { waited: Duration, how: String },
-    #[error("agent {method}: {source}")]
+    /// The agent's message is guest text: escaped before it reaches a log or containerd.
+    #[error("agent {method}: {}", husk_protocol::guest_text::escape(&source.to_string()))]
     Rpc {
         method: &'static str,
         source: ttrpc::Error,

@@ -24,6 +24,10 @@ use tokio::task::JoinHandle;
 use crate::agent::{Agent, AgentError};
 
 const COPY_BUFFER: usize = 64 * 1024;
+/// How long CloseIO waits for input still in the fifo to reach the guest. A process that
+/// never reads its stdin (or a guest that stops taking data) must not hang the call:
+/// after this the rest is dropped and the stream is closed.
+pub const STDIN_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Error)]
 pub enum StdioError {
@@ -64,11 +68,19 @@ pub struct StdinPump {
 }
 
 impl StdinPump {
-    /// Delivers what is left in the stdin fifo, then ends the stream.
-    pub async fn close(mut self) {
+    /// Delivers what is left in the stdin fifo within `within`, then ends the stream.
+    /// Returns false if the input could not all be delivered in time (it is dropped).
+    pub async fn close(mut self, within: std::time::Duration) -> bool {
         self.close.notify_one();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        match self.task.take() {
+            Some(mut task) => match tokio::time::timeout(within, &mut task).await {
+                Ok(_) => true,
+                Err(_) => {
+                    task.abort();
+                    false
+                }
+            },
+            None => true,
         }
     }
 }
@@ -249,6 +261,7 @@ async fn pump_input(
 mod tests {
     use super::*;
     use nix::sys::stat::Mode;
+    use std::time::Duration;
 
     fn log() -> Logger {
         Logger::root(slog::Discard, slog::o!())
@@ -350,5 +363,35 @@ mod tests {
         guest.read_to_end(&mut got).await.unwrap();
         pump.await.unwrap();
         assert_eq!(got, b"hello stdin");
+    }
+
+    /// A guest that never reads its stdin cannot hang CloseIO.
+    #[tokio::test]
+    async fn close_is_bounded_when_the_guest_does_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("in");
+        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
+        let fifo = open_input_fifo(path.to_str().unwrap()).unwrap();
+        let (guest, host) = UnixStream::pair().unwrap();
+        let close = Arc::new(Notify::new());
+        let pump = StdinPump {
+            close: close.clone(),
+            task: Some(tokio::spawn(pump_input(fifo, host, close, log()))),
+        };
+        let mut w = pipe::OpenOptions::new().open_sender(&path).unwrap();
+        // More than the socket buffers hold: the pump blocks on the silent guest.
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..64 {
+            if tokio::time::timeout(Duration::from_millis(50), w.write_all(&chunk))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let started = std::time::Instant::now();
+        assert!(!pump.close(Duration::from_millis(300)).await);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(guest);
     }
 }

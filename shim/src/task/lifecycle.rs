@@ -15,7 +15,7 @@ use slog::warn;
 use super::Shim;
 use super::error::{TaskError, TaskResult};
 use super::process::{Process, Status};
-use crate::stdio::ProcessIo;
+use crate::stdio::{ProcessIo, STDIN_DRAIN_TIMEOUT};
 
 /// How long Delete waits for a killed, never-started process to be reported exited.
 const KILLED_EXIT_WAIT: Duration = Duration::from_secs(10);
@@ -234,7 +234,10 @@ impl Shim {
     pub async fn close_io(&self, id: &str, exec_id: &str) -> TaskResult<()> {
         let process = self.container(id)?.process(exec_id)?;
         if let Some(stdin) = process.take_stdin() {
-            stdin.close().await;
+            if !stdin.close(STDIN_DRAIN_TIMEOUT).await {
+                warn!(self.log, "CloseIO: the process did not take its remaining input in time; dropped it";
+                    "container" => id, "exec" => exec_id, "waited" => ?STDIN_DRAIN_TIMEOUT);
+            }
             if process.status() == Status::Running {
                 self.require_pod()?.agent.close_stdin(id, exec_id).await?;
             }
