@@ -15,6 +15,14 @@ use crate::child::{Stdout, Supervised};
 use crate::spec::SharedFsSpec;
 use crate::vmm::VmmError;
 
+/// The guest's extended attributes live on the host only under `user.virtiofs.`: a guest
+/// that sets `security.capability` (a file capability a host user could execute) or
+/// `trusted.overlay.*` (the host overlayfs's own metadata) on a host file sets
+/// `user.virtiofs.security.capability` instead, which means nothing to the host. Host
+/// xattrs outside the prefix are hidden from the guest (`bad`), so image files' own
+/// `security.capability` does not apply in the guest: grant capabilities in the spec.
+pub const GUEST_XATTR_MAP: &str = ":prefix:all::user.virtiofs.::bad:all:::";
+
 pub(crate) fn spawn(
     spec: &SharedFsSpec,
     socket: &Path,
@@ -44,8 +52,8 @@ fn args(spec: &SharedFsSpec) -> Vec<String> {
         // guest so inode numbers of different layers never collide.
         "--announce-submounts".into(),
         "--sandbox=namespace".into(),
-        // Images carry file capabilities and other xattrs that must reach the guest.
         "--xattr".into(),
+        format!("--xattrmap={GUEST_XATTR_MAP}"),
         // Warnings are routine (e.g. overlayfs without file handles on every rootfs); errors
         // reach the pod's log.
         "--log-level=error".into(),
@@ -78,5 +86,7 @@ mod tests {
         assert!(a.contains(&"--fd=3".to_string()));
         assert!(a.contains(&"--shared-dir=/run/husk/p/shared".to_string()));
         assert!(a.contains(&"--cache=never".to_string()));
+        assert!(a.contains(&"--sandbox=namespace".to_string()));
+        assert!(a.contains(&format!("--xattrmap={GUEST_XATTR_MAP}")));
     }
 }

@@ -3,11 +3,14 @@
 
 pub mod agent;
 pub mod args;
+pub mod beneath;
 pub mod check;
 pub mod cleanup;
 pub mod config;
+pub mod container_files;
 pub mod events;
 pub mod guest_spec;
+pub mod ids;
 pub mod isolation;
 pub mod logger;
 pub mod mounts;

@@ -112,8 +112,10 @@ fn propagation(o: &str) -> Option<MsFlags> {
 }
 
 /// Mounts `m` on `target` (which must exist). Read-only bind mounts get the remount the
-/// kernel needs for `ro` to apply.
-pub fn mount_one(m: &MountSpec, target: &Path) -> Result<(), MountError> {
+/// kernel needs for `ro` to apply, and propagation options their change, both on `top`:
+/// the path that reaches the new mount once it is in place (the same as `target` for a
+/// plain path; see `beneath::MountTarget`).
+pub fn mount_one(m: &MountSpec, target: &Path, top: &Path) -> Result<(), MountError> {
     let p = parse_options(&m.options);
     let data = p.data.join(",");
     if data.len() > MAX_MOUNT_DATA {
@@ -146,45 +148,23 @@ pub fn mount_one(m: &MountSpec, target: &Path) -> Result<(), MountError> {
     .map_err(fail)?;
     if is_bind && flags.contains(MsFlags::MS_RDONLY) {
         let remount = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | (flags & !MsFlags::MS_REC);
-        mount(None::<&str>, target, None::<&str>, remount, None::<&str>).map_err(fail)?;
+        mount(None::<&str>, top, None::<&str>, remount, None::<&str>).map_err(fail)?;
     }
     if !p.propagation.is_empty() {
-        mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            p.propagation,
-            None::<&str>,
-        )
-        .map_err(fail)?;
+        mount(None::<&str>, top, None::<&str>, p.propagation, None::<&str>).map_err(fail)?;
     }
     Ok(())
 }
 
-/// Bind-mounts `source` (file or directory) on `target`, creating the mount point.
+/// Bind-mounts `source` (file or directory) on the existing mount point `target` (`top`
+/// as for [`mount_one`]).
 pub fn bind(
     source: &Path,
     target: &Path,
+    top: &Path,
     readonly: bool,
     recursive: bool,
 ) -> Result<(), MountError> {
-    let mp_err = |source| MountError::MountPoint {
-        path: target.to_path_buf(),
-        source,
-    };
-    if source.is_dir() {
-        std::fs::create_dir_all(target).map_err(mp_err)?;
-    } else {
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(mp_err)?;
-        }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(target)
-            .map_err(mp_err)?;
-    }
     let mut options = vec![if recursive { "rbind" } else { "bind" }.to_string()];
     if readonly {
         options.push("ro".into());
@@ -196,6 +176,7 @@ pub fn bind(
             options,
         },
         target,
+        top,
     )
 }
 
@@ -228,11 +209,35 @@ pub fn make_shared_mountpoint(dir: &Path) -> Result<(), MountError> {
     .map_err(fail)
 }
 
-/// Lazily unmounts everything stacked on `target`; "not mounted" is success.
+/// Mounts `view` as a read-only bind of `source` that receives, one way, every mount made
+/// below `source` later (`source` must be a shared mount): the view is a slave of it.
+/// Mounts propagated into the view keep their own flags; only the view's own directory
+/// tree is read-only.
+pub fn readonly_view(source: &Path, view: &Path) -> Result<(), MountError> {
+    let fail = |errno| MountError::Mount {
+        fstype: "bind".into(),
+        from: source.display().to_string(),
+        target: view.to_path_buf(),
+        options: "bind,ro,nosuid,nodev,slave".into(),
+        errno,
+    };
+    let none = None::<&str>;
+    mount(Some(source), view, none, MsFlags::MS_BIND, none).map_err(fail)?;
+    let readonly = MsFlags::MS_REMOUNT
+        | MsFlags::MS_BIND
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV;
+    mount(none, view, none, readonly, none).map_err(fail)?;
+    mount(none, view, none, MsFlags::MS_SLAVE, none).map_err(fail)
+}
+
+/// Lazily unmounts everything stacked on `target`; "not mounted" is success. A symlink
+/// at `target` is not followed (`UMOUNT_NOFOLLOW`).
 pub fn unmount_all(target: &Path) -> Result<(), MountError> {
     // Stacked mounts (a rootfs made of several mounts) come off one per call.
     for _ in 0..64 {
-        match umount2(target, MntFlags::MNT_DETACH) {
+        match umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
             Ok(()) => continue,
             Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return Ok(()),
             Err(errno) => {
@@ -246,14 +251,28 @@ pub fn unmount_all(target: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
-/// True if some mount point lies at or below `dir` (read from /proc/self/mountinfo).
-pub fn has_mounts_below(dir: &Path) -> bool {
+/// The mount points at or below `dir` (from /proc/self/mountinfo), deepest first.
+fn mount_points_below(dir: &Path) -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
+        return Vec::new();
     };
-    info.lines()
+    let mut points: Vec<PathBuf> = info
+        .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| Path::new(&unescape_mountinfo(mp)).starts_with(dir))
+        .map(|mp| PathBuf::from(unescape_mountinfo(mp)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
+}
+
+/// Unmounts all mount points at or below `dir`, deepest first.
+pub fn unmount_below(dir: &Path) -> Result<(), MountError> {
+    for p in mount_points_below(dir) {
+        unmount_all(&p)?;
+    }
+    Ok(())
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -306,7 +325,7 @@ mod tests {
             options: vec![format!("lowerdir={}", "x".repeat(5000))],
         };
         assert!(matches!(
-            mount_one(&m, d.path()),
+            mount_one(&m, d.path(), d.path()),
             Err(MountError::DataTooLong { .. })
         ));
     }

@@ -9,6 +9,8 @@ use tokio::time::Instant;
 
 use crate::agent::{Agent, AgentError};
 use crate::config::Config;
+use crate::container_files::{self, ContainerFilesError, RootfsSource};
+use crate::guest_spec::HostBind;
 use crate::pod_dir::{PodDir, PodDirError};
 use crate::sizing::PodSize;
 
@@ -126,6 +128,30 @@ impl Pod {
         }
     }
 
+    /// Mounts a container's rootfs and bind-mount sources into the pod share, off the async
+    /// runtime (mounts block, on a slow snapshotter for seconds).
+    pub async fn prepare_container_files(
+        &self,
+        container_id: &str,
+        rootfs: RootfsSource,
+        binds: Vec<HostBind>,
+    ) -> Result<(), ContainerFilesError> {
+        let (dir, id) = (self.dir.clone(), container_id.to_string());
+        tokio::task::spawn_blocking(move || container_files::prepare(&dir, &id, &rootfs, &binds))
+            .await
+            .unwrap_or_else(|join| Err(PodDirError::Worker(join).into()))
+    }
+
+    /// Unmounts and removes a container's files from the pod share, off the async runtime
+    /// (unmounts and directory walks block).
+    pub async fn remove_container_files(&self, container_id: &str) -> Result<(), PodDirError> {
+        let (dir, id) = (self.dir.clone(), container_id.to_string());
+        match tokio::task::spawn_blocking(move || dir.remove_container(&id)).await {
+            Ok(result) => result,
+            Err(join) => Err(PodDirError::Worker(join)),
+        }
+    }
+
     /// Asks the guest to power off, stops the VMM and its helpers, and removes the pod's
     /// host state. Never fails: whatever cannot be cleaned is logged.
     pub async fn shutdown(&self) {
@@ -136,7 +162,11 @@ impl Pod {
             }
         }
         self.vm.stop(POWEROFF_GRACE).await;
-        if let Err(e) = self.dir.destroy() {
+        let dir = self.dir.clone();
+        let destroyed = tokio::task::spawn_blocking(move || dir.destroy())
+            .await
+            .unwrap_or_else(|join| Err(PodDirError::Worker(join)));
+        if let Err(e) = destroyed {
             warn!(self.log, "cleaning up the pod directory"; "error" => %e);
         }
         info!(self.log, "pod stopped");

@@ -3,11 +3,19 @@
 //! its VMM and virtiofsd see it, and it vanishes with them.
 //!
 //! ```text
-//! shared/                 virtio-fs export (a shared-propagation mount of its own)
-//!   <container id>/rootfs   the container's rootfs, mounted here on the host
+//! host/                   host-only: the shim mounts here (a shared-propagation mount)
+//!   <container id>/rootfs   the container's rootfs as containerd describes it
 //!   <container id>/mounts/  bind-mount sources shared with the guest
+//! shared/                 virtio-fs export: a read-only view of host/ (a slave of it)
 //! vsock.sock, vsock.sock_<port>, vhost-vsock.sock, virtiofsd.sock
 //! ```
+//!
+//! The guest sees `shared/` only: a read-only bind mount of `host/`, so the guest can
+//! neither create nor replace anything in the directory tree the shim works in (no
+//! symlink, no file where a directory belongs), while every rootfs and volume mounted
+//! below `host/` propagates into the view with its own flags (a writable rootfs stays
+//! writable). This is the layout Kata adopted after CVE-2020-2026. Below `host/` the shim
+//! walks only with [`Beneath`], and unmounts with `UMOUNT_NOFOLLOW`.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +24,7 @@ use husk_protocol::ROOTFS_DIR;
 use nix::mount::{MsFlags, mount};
 use thiserror::Error;
 
+use crate::beneath::{Beneath, BeneathError};
 use crate::mounts::{self, MountError};
 
 /// Unix socket paths must fit in `sun_path`, including the `_<port>` suffix of guest→host
@@ -39,6 +48,10 @@ pub enum PodDirError {
     Mount(#[from] MountError),
     #[error("mounting the pod state tmpfs on {path:?}: {errno}")]
     StateTmpfs { path: PathBuf, errno: nix::Error },
+    #[error(transparent)]
+    Beneath(#[from] BeneathError),
+    #[error("the worker removing container files failed")]
+    Worker(#[source] tokio::task::JoinError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,16 +70,29 @@ impl PodDir {
         &self.root
     }
 
+    /// The virtio-fs export: the guest's read-only view of [`PodDir::host`].
     pub fn shared(&self) -> PathBuf {
         self.root.join("shared")
     }
 
-    pub fn container(&self, container_id: &str) -> PathBuf {
-        self.shared().join(container_id)
+    /// Where the shim mounts container root filesystems and volumes; never exported.
+    pub fn host(&self) -> PathBuf {
+        self.root.join("host")
     }
 
-    pub fn rootfs(&self, container_id: &str) -> PathBuf {
-        self.container(container_id).join(ROOTFS_DIR)
+    /// Opens [`PodDir::host`] for walks that cannot leave it.
+    pub fn host_beneath(&self) -> Result<Beneath, PodDirError> {
+        Ok(Beneath::open(&self.host())?)
+    }
+
+    /// A container's directory, relative to [`PodDir::host`].
+    pub fn container(container_id: &str) -> PathBuf {
+        PathBuf::from(container_id)
+    }
+
+    /// A container's rootfs mount point, relative to [`PodDir::host`].
+    pub fn rootfs(container_id: &str) -> PathBuf {
+        Self::container(container_id).join(ROOTFS_DIR)
     }
 
     pub fn vsock_uds(&self) -> PathBuf {
@@ -105,53 +131,39 @@ impl PodDir {
             errno,
         })?;
         create(&self.root)?;
+        create(&self.host())?;
         create(&self.shared())?;
-        mounts::make_shared_mountpoint(&self.shared())?;
+        mounts::make_shared_mountpoint(&self.host())?;
+        mounts::readonly_view(&self.host(), &self.shared())?;
         Ok(())
     }
 
     /// Unmounts everything a container had in the share and removes its directory.
     pub fn remove_container(&self, container_id: &str) -> Result<(), PodDirError> {
-        let dir = self.container(container_id);
-        unmount_below(&dir)?;
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(PodDirError::Create { path: dir, source }),
-        }
+        let relative = Self::container(container_id);
+        // Unmounting below host/ propagates to the view; the view is swept too in case a
+        // propagated mount outlived its source.
+        mounts::unmount_below(&self.host().join(&relative))?;
+        mounts::unmount_below(&self.shared().join(&relative))?;
+        self.host_beneath()?.remove_tree(&relative)?;
+        Ok(())
     }
 
     /// Unmounts every mount under the pod directory and removes it.
     pub fn destroy(&self) -> Result<(), PodDirError> {
-        unmount_below(&self.root)?;
-        match std::fs::remove_dir_all(&self.root) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(PodDirError::Create {
-                path: self.root.clone(),
-                source,
-            }),
+        mounts::unmount_below(&self.root)?;
+        let Some((state_dir, name)) = self.root.parent().zip(self.root.file_name()) else {
+            return Ok(());
+        };
+        match Beneath::open(state_dir) {
+            Ok(state) => Ok(state.remove_tree(Path::new(name))?),
+            Err(BeneathError::OpenRoot {
+                errno: nix::Error::ENOENT,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
-}
-
-/// Unmounts all mount points at or below `dir`, deepest first.
-fn unmount_below(dir: &Path) -> Result<(), MountError> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Ok(());
-    };
-    let mut points: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    points.dedup();
-    for p in points {
-        mounts::unmount_all(&p)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -161,7 +173,9 @@ mod tests {
     #[test]
     fn layout() {
         let d = PodDir::new(Path::new("/run/husk"), "pod1");
-        assert_eq!(d.rootfs("c1"), Path::new("/run/husk/pod1/shared/c1/rootfs"));
+        assert_eq!(d.host(), Path::new("/run/husk/pod1/host"));
+        assert_eq!(d.shared(), Path::new("/run/husk/pod1/shared"));
+        assert_eq!(PodDir::rootfs("c1"), Path::new("c1/rootfs"));
         assert_eq!(d.vsock_uds(), Path::new("/run/husk/pod1/vsock.sock"));
     }
 

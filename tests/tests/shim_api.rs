@@ -4,228 +4,22 @@
 //! event order, TaskExit only after the output was copied, both task API names, and the
 //! shim exiting after its last container.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+mod shim_common;
 
-use anyhow::{Context, Result, bail, ensure};
-use async_trait::async_trait;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
 use containerd_shim_protos::api::*;
-use containerd_shim_protos::events::task::TaskExit;
-use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::{Message, MessageField};
-use containerd_shim_protos::shim::events::ForwardRequest;
-use containerd_shim_protos::shim_async::{Events, TaskClient, create_events};
+use containerd_shim_protos::protobuf::Message;
 use husk_tests::{Runtime, TestBed};
-use protobuf::well_known_types::empty::Empty;
-use ttrpc::asynchronous::{Client, Server, TtrpcContext};
-use ttrpc::{Code, Error as TtrpcError};
-
-const RPC_TIMEOUT: Duration = Duration::from_secs(120);
-const RPC_TIMEOUT_NANOS: i64 = 120_000_000_000;
-const SIGKILL: u32 = 9;
-
-/// Records every event the shim publishes, with the time it arrived.
-#[derive(Default)]
-struct EventLog {
-    events: Mutex<Vec<(String, Any, Instant)>>,
-}
-
-#[async_trait]
-impl Events for EventLog {
-    async fn forward(&self, _: &TtrpcContext, req: ForwardRequest) -> ttrpc::Result<Empty> {
-        if let Some(env) = req.envelope.into_option() {
-            let event = env.event.into_option().unwrap_or_default();
-            self.events
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((env.topic, event, Instant::now()));
-        }
-        Ok(Empty::new())
-    }
-}
-
-impl EventLog {
-    fn topics_for(&self, container: &str) -> Vec<String> {
-        self.events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|(_, any, _)| event_container(any) == container)
-            .map(|(topic, _, _)| topic.clone())
-            .collect()
-    }
-
-    fn exit_of(&self, id: &str) -> Option<(TaskExit, Instant)> {
-        self.events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find_map(|(topic, any, at)| {
-                let exit = TaskExit::parse_from_bytes(&any.value).ok()?;
-                (topic == "/tasks/exit" && exit.id == id).then_some((exit, *at))
-            })
-    }
-}
-
-/// Every task event starts with `container_id` as field 1.
-fn event_container(any: &Any) -> String {
-    containerd_shim_protos::events::task::TaskStart::parse_from_bytes(&any.value)
-        .map(|e| e.container_id)
-        .unwrap_or_default()
-}
-
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(RPC_TIMEOUT_NANOS)
-}
-
-fn code_of<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> Option<Code> {
-    match r {
-        Err(TtrpcError::RpcStatus(s)) => Some(s.code()),
-        _ => None,
-    }
-}
-
-/// A bundle whose rootfs is the busybox image (bind-mounted by the shim: no rootfs
-/// mounts in the request), running `args`, in pod `pod`.
-fn make_bundle(bed: &TestBed, pod: &str, id: &str, args: &[&str]) -> Result<PathBuf> {
-    let spec_text = bed.ctr().checked(["oci", "spec"])?.stdout_text();
-    let mut spec: serde_json::Value = serde_json::from_str(&spec_text)?;
-    spec["root"] = serde_json::json!({ "path": bed.image_rootfs(), "readonly": true });
-    spec["process"]["args"] = serde_json::json!(args);
-    spec["process"]["terminal"] = serde_json::json!(false);
-    spec["process"]["env"] = serde_json::json!(["PATH=/bin:/sbin:/usr/bin"]);
-    spec["annotations"] = serde_json::json!({
-        "io.kubernetes.cri.sandbox-id": pod,
-    });
-    let bundle = bed.dir().join(format!("bundle-{id}"));
-    std::fs::create_dir_all(&bundle)?;
-    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
-    Ok(bundle)
-}
-
-/// containerd's side of an output fifo: opened before Create, read to EOF on a thread.
-struct FifoReader {
-    path: PathBuf,
-    file: Option<std::fs::File>,
-    done: Option<std::thread::JoinHandle<(Vec<u8>, Instant)>>,
-}
-
-impl FifoReader {
-    fn create(path: PathBuf) -> Result<Self> {
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&path)?;
-        Ok(Self {
-            path,
-            file: Some(file),
-            done: None,
-        })
-    }
-
-    /// After Create: the shim holds the write end, so reading blocks until it closes it.
-    fn start(&mut self) -> Result<()> {
-        use std::io::Read;
-        use std::os::fd::AsRawFd;
-        let mut file = self.file.take().context("reader already started")?;
-        // SAFETY: clearing O_NONBLOCK on a descriptor this reader owns.
-        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) };
-        ensure!(rc == 0, "fcntl on {:?}", self.path);
-        self.done = Some(std::thread::spawn(move || {
-            let mut data = Vec::new();
-            let _ = file.read_to_end(&mut data);
-            (data, Instant::now())
-        }));
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<(Vec<u8>, Instant)> {
-        let handle = self.done.take().context("reader not started")?;
-        handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("fifo reader panicked"))
-    }
-}
-
-struct Shim {
-    client: TaskClient,
-    raw: Client,
-    socket: PathBuf,
-}
-
-/// Runs the `start` verb in `bundle` like containerd does and connects to the shim.
-async fn start_shim(bed: &TestBed, bundle: &Path, id: &str, events_socket: &Path) -> Result<Shim> {
-    let artifacts = husk_tests::Artifacts::from_env()?;
-    let out = tokio::process::Command::new(artifacts.shim())
-        .args(["-namespace", bed.ctr().namespace(), "-address"])
-        .arg(bed.ctr().address())
-        .args(["-id", id, "start"])
-        .current_dir(bundle)
-        .env("HUSK_CONFIG", artifacts.config())
-        .env("TTRPC_ADDRESS", events_socket)
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "shim start failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let address = String::from_utf8(out.stdout)?;
-    ensure!(
-        address.starts_with("unix:///"),
-        "start printed {address:?}, not a socket address"
-    );
-    let socket = PathBuf::from(address.trim_start_matches("unix://"));
-    let raw = Client::connect(&address).await?;
-    Ok(Shim {
-        client: TaskClient::new(raw.clone()),
-        raw,
-        socket,
-    })
-}
-
-fn create_request(id: &str, bundle: &Path, stdout: &Path, stderr: &Path) -> CreateTaskRequest {
-    let mut r = CreateTaskRequest::new();
-    r.id = id.into();
-    r.bundle = bundle.display().to_string();
-    r.stdout = stdout.display().to_string();
-    r.stderr = stderr.display().to_string();
-    r
-}
-
-fn exec_request(id: &str, exec_id: &str, args: &[&str]) -> ExecProcessRequest {
-    let process = serde_json::json!({
-        "args": args, "cwd": "/", "user": {"uid": 0, "gid": 0},
-        "env": ["PATH=/bin:/sbin:/usr/bin"],
-    });
-    let mut spec = Any::new();
-    spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
-    spec.value = serde_json::to_vec(&process).unwrap_or_default();
-    let mut r = ExecProcessRequest::new();
-    r.id = id.into();
-    r.exec_id = exec_id.into();
-    r.spec = MessageField::some(spec);
-    r
-}
-
-fn req<T: Message + Default>(f: impl FnOnce(&mut T)) -> T {
-    let mut r = T::default();
-    f(&mut r);
-    r
-}
+use shim_common::*;
+use ttrpc::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_api_semantics_and_event_order() -> Result<()> {
     let bed = TestBed::start("shimapi", Runtime::Husk)?;
-    let events = Arc::new(EventLog::default());
-    let events_socket = bed.dir().join("events.sock");
-    let mut server = Server::new()
-        .bind(&format!("unix://{}", events_socket.display()))?
-        .register_service(create_events(events.clone()));
-    server.start().await?;
+    let containerd = FakeContainerd::start(&bed).await?;
+    let events = containerd.events.clone();
 
     let c1 = bed.id("c1");
     let c2 = bed.id("c2");
@@ -247,7 +41,7 @@ async fn task_api_semantics_and_event_order() -> Result<()> {
             "head -c 3000000 /dev/zero; echo tail-line; exit 4",
         ],
     )?;
-    let shim = start_shim(&bed, &b1, &c1, &events_socket).await?;
+    let shim = start_shim(&bed, &b1, &c1, &containerd.socket).await?;
     let t = &shim.client;
 
     let mut out1 = FifoReader::create(bed.dir().join("c1.out"))?;
@@ -525,21 +319,7 @@ async fn task_api_semantics_and_event_order() -> Result<()> {
     );
 
     drop(shim);
-    server.shutdown().await?;
+    containerd.shutdown().await?;
     bed.finish()?;
     Ok(())
-}
-
-/// Polls `f` until it yields, for at most a minute.
-async fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("condition not met within a minute");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

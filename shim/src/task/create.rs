@@ -16,8 +16,10 @@ use super::error::{TaskError, TaskResult};
 use super::process::Process;
 use super::{PodSlot, Shim};
 use crate::config::Config;
-use crate::guest_spec::{self, HostBind};
-use crate::mounts::{self, MountSpec};
+use crate::container_files::RootfsSource;
+use crate::guest_spec;
+use crate::ids;
+use crate::mounts::MountSpec;
 use crate::pod::Pod;
 use crate::sizing;
 use crate::start::SANDBOX_ID_ANNOTATION;
@@ -42,16 +44,7 @@ fn has_network_namespace(spec: &Spec) -> bool {
 impl Shim {
     pub async fn create(self: &Arc<Self>, req: &CreateTaskRequest) -> TaskResult<u32> {
         let id = req.id.as_str();
-        if id.is_empty() || id.contains('/') || id == "." || id == ".." {
-            return Err(TaskError::InvalidArgument(format!(
-                "invalid container id {id:?}"
-            )));
-        }
-        if self.container(id).is_ok() {
-            return Err(TaskError::AlreadyExists(format!(
-                "container {id} already exists"
-            )));
-        }
+        ids::validate("container id", id).map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         if !req.checkpoint.is_empty() {
             return Err(TaskError::Unimplemented(
                 "husk cannot restore from a checkpoint".into(),
@@ -64,9 +57,22 @@ impl Shim {
         let group = annotation(SANDBOX_ID_ANNOTATION)
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| id.to_string());
+        ids::validate(
+            "sandbox id (annotation io.kubernetes.cri.sandbox-id)",
+            &group,
+        )
+        .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         let is_sandbox = annotation(CONTAINER_TYPE_ANNOTATION).as_deref() == Some("sandbox");
 
+        // Creates run one at a time under this lock, and a container is registered before
+        // it is released: checking for the id here reserves it, so a duplicate Create is
+        // refused before it touches anything of the existing container.
         let guard = self.boot.lock().await;
+        if self.container(id).is_ok() {
+            return Err(TaskError::AlreadyExists(format!(
+                "container {id} already exists"
+            )));
+        }
         let (pod, booted_here) = match self.pod_for(&group, req, &spec).await {
             Ok(p) => p,
             Err(e) => {
@@ -186,8 +192,26 @@ impl Shim {
         let host_root = spec.root().as_ref().map(|r| bundle.join(r.path()));
         let (guest_json, binds) = guest_spec::for_guest(spec, id, self.sandbox_guest_pid())
             .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        let rootfs = if req.rootfs.is_empty() {
+            RootfsSource::Bind(host_root.ok_or_else(|| {
+                TaskError::InvalidArgument("no rootfs mounts and no root.path".into())
+            })?)
+        } else {
+            RootfsSource::Mounts(
+                req.rootfs
+                    .iter()
+                    .map(|m| MountSpec {
+                        fstype: m.type_.clone(),
+                        source: m.source.clone(),
+                        options: m.options.clone(),
+                    })
+                    .collect(),
+            )
+        };
         let result = async {
-            self.prepare_files(pod, id, req, host_root.as_deref(), &binds)?;
+            pod.prepare_container_files(id, rootfs, binds)
+                .await
+                .map_err(|e| TaskError::internal("preparing the container's files", e))?;
             let io = ProcessIo::attach(&pod.agent, id, "", &init.stdio, &self.log)
                 .await
                 .map_err(|e| TaskError::internal("attaching stdio", e))?;
@@ -202,52 +226,10 @@ impl Shim {
         .await;
         if result.is_err() {
             let _ = pod.agent.remove_container(id).await;
-            if let Err(e) = pod.dir.remove_container(id) {
+            if let Err(e) = pod.remove_container_files(id).await {
                 warn!(self.log, "cleaning up container files"; "container" => id, "error" => %e);
             }
         }
         result
-    }
-
-    /// Mounts the rootfs and the bind-mount sources into the container's share directory.
-    fn prepare_files(
-        &self,
-        pod: &Pod,
-        id: &str,
-        req: &CreateTaskRequest,
-        host_root: Option<&Path>,
-        binds: &[HostBind],
-    ) -> TaskResult<()> {
-        let rootfs = pod.dir.rootfs(id);
-        std::fs::create_dir_all(&rootfs)
-            .map_err(|e| TaskError::internal(&format!("creating {rootfs:?}"), e))?;
-        if req.rootfs.is_empty() {
-            let source = host_root.ok_or_else(|| {
-                TaskError::InvalidArgument("no rootfs mounts and no root.path".into())
-            })?;
-            mounts::bind(source, &rootfs, false, true)
-                .map_err(|e| TaskError::internal("mounting rootfs", e))?;
-        } else {
-            for m in &req.rootfs {
-                let spec = MountSpec {
-                    fstype: m.type_.clone(),
-                    source: m.source.clone(),
-                    options: m.options.clone(),
-                };
-                mounts::mount_one(&spec, &rootfs)
-                    .map_err(|e| TaskError::internal("mounting rootfs", e))?;
-            }
-        }
-        let container_dir = pod.dir.container(id);
-        for b in binds {
-            mounts::bind(
-                &b.source,
-                &container_dir.join(&b.relative_target),
-                b.readonly,
-                b.recursive,
-            )
-            .map_err(|e| TaskError::internal("sharing a bind mount with the guest", e))?;
-        }
-        Ok(())
     }
 }

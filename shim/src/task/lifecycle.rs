@@ -132,7 +132,7 @@ impl Shim {
                 // Removing a created container kills its init; let the monitor report it.
                 let _ = tokio::time::timeout(KILLED_EXIT_WAIT, process.wait_stopped()).await;
             }
-            if let Err(e) = pod.dir.remove_container(id) {
+            if let Err(e) = pod.remove_container_files(id).await {
                 warn!(self.log, "removing container files"; "container" => id, "error" => %e);
             }
         }

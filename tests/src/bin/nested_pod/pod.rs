@@ -12,6 +12,7 @@ use husk_protocol::agent::Stdio;
 use husk_protocol::io_stream::{StreamHeader, StreamKind};
 use husk_shim::agent::Agent;
 use husk_shim::config::Config;
+use husk_shim::container_files::RootfsSource;
 use husk_shim::pod::SHARED_FS_TAG;
 use husk_shim::pod_dir::PodDir;
 use husk_shim::sizing::pod_size;
@@ -149,10 +150,14 @@ async fn drive(
 
 /// A busybox rootfs in the pod share, `busybox echo` in it; returns exit status and stdout.
 async fn run_container(agent: &Agent, dir: &PodDir, busybox: &Path) -> Result<(i32, String)> {
-    let bin = dir.rootfs(CONTAINER_ID).join("bin");
+    // Like a bundle's root.path: a directory the shim's own code bind-mounts into the share.
+    let image = dir.root().join("image");
+    let bin = image.join("bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
     std::fs::copy(busybox, bin.join("busybox"))
         .with_context(|| format!("copying {} into the rootfs", busybox.display()))?;
+    husk_shim::container_files::prepare(dir, CONTAINER_ID, &RootfsSource::Bind(image), &[])
+        .context("mounting the rootfs into the pod share")?;
     let (json, binds) = husk_shim::guest_spec::for_guest(container_spec()?, CONTAINER_ID, None)?;
     ensure!(binds.is_empty(), "the test spec has no bind mounts");
     let mut stdout = agent
