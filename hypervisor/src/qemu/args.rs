@@ -21,6 +21,11 @@ pub enum Accel {
 /// TSC frequency to announce when the host's is unknown (only used under TCG).
 pub const FALLBACK_TSC_KHZ: u64 = 2_400_000;
 
+/// QEMU's `-sandbox` setting. (`-runas`/`-chroot` are not used yet: QEMU 7.2's own
+/// `elevateprivileges=deny` filter kills its later `-runas` setuid, and a credential change
+/// clears the PDEATHSIG that ties QEMU's life to the shim's.)
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 /// husk's guest kernel parameters; `extra` (from the config) comes last so it can override.
 pub fn kernel_cmdline(accel: Accel, extra: &str) -> String {
     // panic=-1 + reboot=t: a guest panic or the agent's reboot() triple-faults, and QEMU's
@@ -71,6 +76,9 @@ pub fn qemu_args(spec: &VmSpec, accel: Accel, vhost_vsock: &Path, virtiofsd: &Pa
         "none",
     ]);
     push(&["-monitor", "none", "-serial", "stdio"]);
+    // QEMU's own seccomp filter, in force before the guest runs: no obsolete syscalls, no
+    // setuid/setgid, no fork/exec, no scheduler or resource changes.
+    push(&["-sandbox", SANDBOX]);
     push(&["-kernel", &spec.kernel.display().to_string()]);
     push(&["-initrd", &spec.initrd.display().to_string()]);
     push(&["-append", &kernel_cmdline(accel, &spec.kernel_params)]);
