@@ -5,8 +5,10 @@
 //! kicked or the device fd ([`AsRawFd`]) is readable, and notify the guest when a method
 //! reports used buffers and `Queue::needs_notification` agrees.
 
+use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use slog::{Logger, debug};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -34,6 +36,34 @@ pub enum DeviceError {
     Muxer(#[from] MuxerError),
     #[error("virtqueue access failed: {0}")]
     Queue(#[from] virtio_queue::Error),
+    #[error(
+        "the driver moved the available index to {avail}, more than a ring ({size}) past the device's {next}: the queue is corrupt, the device needs a reset"
+    )]
+    AvailIndexOverrun { avail: u16, next: u16, size: u16 },
+}
+
+impl DeviceError {
+    /// The guest broke the queue's rules: stop using the device until the driver resets it
+    /// (the transport sets DEVICE_NEEDS_RESET where it can).
+    pub fn needs_reset(&self) -> bool {
+        matches!(self, DeviceError::AvailIndexOverrun { .. })
+    }
+}
+
+/// virtio 2.7.13.3: the driver may publish at most one ring's worth of buffers ahead of
+/// the device. An index further ahead means the ring is corrupt; `virtio-queue` then
+/// refuses to iterate, and asking again would spin.
+fn check_avail_index<M: GuestMemory>(mem: &M, queue: &Queue) -> Result<(), DeviceError> {
+    let avail = queue.avail_idx(mem, Ordering::Acquire)?;
+    let next = queue.next_avail();
+    if (avail - Wrapping(next)).0 > queue.size() {
+        return Err(DeviceError::AvailIndexOverrun {
+            avail: avail.0,
+            next,
+            size: queue.size(),
+        });
+    }
+    Ok(())
 }
 
 /// Guest CID validity: 0, 1 and 2 are reserved (hypervisor, loopback, host) and Linux keeps
@@ -107,6 +137,7 @@ impl VsockDevice {
     ) -> Result<bool, DeviceError> {
         let mut used = false;
         loop {
+            check_avail_index(mem, queue)?;
             queue.disable_notification(mem)?;
             while let Some(mut chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
@@ -131,6 +162,9 @@ impl VsockDevice {
     ) -> Result<bool, DeviceError> {
         let mut used = false;
         let mut rechecked = false;
+        if self.muxer.has_rx_work() {
+            check_avail_index(mem, queue)?;
+        }
         while self.muxer.has_rx_work() {
             let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
                 // Out of buffers: ask for a kick when the guest adds some. Check once for a

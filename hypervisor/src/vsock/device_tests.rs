@@ -11,7 +11,8 @@ use crate::vsock::credit::HOST_BUF_ALLOC;
 use crate::vsock::hybrid_socket::forward_path;
 use crate::vsock::packet::{Header, MAX_PKT_DATA, Op};
 use crate::vsock::test_utils::{
-    DriverQueue, GUEST_CID, MEM_SIZE, guest_header, guest_memory, logger,
+    DriverQueue, GUEST_CID, MEM_SIZE, QUEUE_SIZE as QUEUE_SIZE_FOR_TESTS, guest_header,
+    guest_memory, logger,
 };
 
 const GUEST_PORT: u32 = 1024;
@@ -329,4 +330,51 @@ fn bulk_transfer_arrives_complete_and_in_order_both_ways() {
     let out = drain.join().unwrap();
     assert!(out == payload, "guest → host stream corrupted");
     assert!(updates > 0, "the device returned credit");
+}
+
+/// Runs `f` on a thread and fails the test if it does not return within a few seconds:
+/// a spinning device loop becomes a test failure instead of a hung test run.
+fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    result
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the device loop did not return: it spins on a corrupt queue")
+}
+
+/// A driver that moves the available index more than a ring ahead: virtio-queue refuses
+/// to iterate, and the device must report the queue corrupt instead of asking again.
+#[test]
+fn avail_index_beyond_the_ring_needs_reset_instead_of_spinning() {
+    let mem: &'static GuestMemoryMmap = Box::leak(Box::new(guest_memory()));
+    let mut rig = Rig::new(mem);
+    let (mut client, _) = rig.connect();
+    // Host data waiting for the guest: RX has work to do.
+    client.write_all(b"for the guest").unwrap();
+    rig.tx.set_avail_idx(QUEUE_SIZE_FOR_TESTS + 7);
+    rig.rx.set_avail_idx(QUEUE_SIZE_FOR_TESTS * 3);
+    let Rig {
+        mut device,
+        mut txq,
+        mut rxq,
+        dir,
+        ..
+    } = rig;
+    let (tx, rx) = bounded(move || {
+        for _ in 0..3 {
+            device.process_host_events();
+        }
+        let tx = device.process_tx(mem, &mut txq);
+        let rx = device.process_rx(mem, &mut rxq);
+        drop(dir);
+        (tx, rx)
+    });
+    for (name, outcome) in [("tx", tx), ("rx", rx)] {
+        match outcome {
+            Err(e) if e.needs_reset() => {}
+            other => panic!("{name}: a corrupt available index gave {other:?}"),
+        }
+    }
 }

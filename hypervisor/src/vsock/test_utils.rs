@@ -20,7 +20,7 @@ const BUFFER_BASE: u64 = 1 << 20;
 const BUFFER_AREA: u64 = 8 << 20;
 /// Distance between packet buffers: a header page plus the largest payload.
 const BUFFER_STRIDE: u64 = 0x2_0000;
-const QUEUE_SIZE: u16 = 64;
+pub const QUEUE_SIZE: u16 = 64;
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
 const _: () =
@@ -178,6 +178,14 @@ impl<'a> DriverQueue<'a> {
             self.next_desc = 0;
         }
         self.next_desc
+    }
+
+    /// Writes the available ring's index as a hostile driver may: anything, even more than a
+    /// ring ahead of what the device consumed.
+    pub fn set_avail_idx(&mut self, idx: u16) {
+        self.mem
+            .write_obj(idx, self.avail.unchecked_add(2))
+            .unwrap();
     }
 
     /// Publishes `head` in the available ring without writing descriptors (hostile guests).

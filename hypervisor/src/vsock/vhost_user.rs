@@ -102,6 +102,12 @@ fn notify_if_used(
                 }
             }
         },
+        // vhost-user has no way to set the guest-visible DEVICE_NEEDS_RESET: stop serving
+        // the corrupt queue (the guest's driver sees a dead device) rather than spin on it.
+        Err(e) if e.needs_reset() => {
+            warn!(log, "the guest corrupted a vsock queue; no longer serving it"; "error" => %e);
+            state.set_enabled(false);
+        }
         Err(e) => debug!(log, "vsock queue processing failed"; "error" => %e),
     }
 }

@@ -100,11 +100,9 @@ impl MutEventSubscriber for VirtioHandler {
                 // Non-blocking; an empty counter just means a spurious wake-up.
                 let _ = kick.read();
             }
-            if t.is_activated() {
-                t.device_mut().queue_event(queue);
-            }
+            t.queue_event(queue);
         } else {
-            t.device_mut().host_event((data - HOST_FD_BASE) as usize);
+            t.host_event((data - HOST_FD_BASE) as usize);
         }
         self.sync_interest(&t, ops);
     }

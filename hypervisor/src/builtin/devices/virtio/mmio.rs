@@ -138,6 +138,30 @@ impl MmioTransport {
         self.activated
     }
 
+    /// A kick of `queue`: the device processes it (only once activated).
+    pub fn queue_event(&mut self, queue: usize) {
+        if self.activated {
+            self.device.queue_event(queue);
+            self.check_device_health();
+        }
+    }
+
+    /// Host fd `index` of the device is ready.
+    pub fn host_event(&mut self, index: usize) {
+        self.device.host_event(index);
+        self.check_device_health();
+    }
+
+    fn check_device_health(&mut self) {
+        if self.device.needs_reset() && self.status & STATUS_NEEDS_RESET == 0 {
+            warn!(
+                self.log,
+                "device needs a reset after the guest corrupted a queue"
+            );
+            self.needs_reset();
+        }
+    }
+
     pub fn status(&self) -> u32 {
         self.status
     }

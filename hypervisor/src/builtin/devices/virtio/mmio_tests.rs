@@ -17,6 +17,8 @@ struct Seen {
 struct FakeDevice {
     seen: Arc<Mutex<Seen>>,
     fail_activation: bool,
+    /// Set by the test: the device found a corrupt queue.
+    broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl VirtioDevice for FakeDevice {
@@ -53,12 +55,18 @@ impl VirtioDevice for FakeDevice {
     }
     fn reset(&mut self) {
         self.seen.lock().unwrap().resets += 1;
+        self.broken
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn needs_reset(&self) -> bool {
+        self.broken.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
 struct Fixture {
     t: MmioTransport,
     seen: Arc<Mutex<Seen>>,
+    broken: Arc<std::sync::atomic::AtomicBool>,
     irq: IrqTrigger,
     kicks: Vec<EventFd>,
 }
@@ -70,9 +78,11 @@ fn fixture(fail_activation: bool) -> Fixture {
     let kicks: Vec<EventFd> = (0..2)
         .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
         .collect();
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let device = FakeDevice {
         seen: seen.clone(),
         fail_activation,
+        broken: broken.clone(),
     };
     let t = MmioTransport::new(
         Box::new(device),
@@ -84,6 +94,7 @@ fn fixture(fail_activation: bool) -> Fixture {
     Fixture {
         t,
         seen,
+        broken,
         irq,
         kicks,
     }
@@ -313,4 +324,25 @@ fn misaligned_or_odd_sized_register_accesses_are_ignored() {
     f.t.write(REG_STATUS + 2, &1u32.to_le_bytes());
     f.t.write(REG_STATUS, &[1, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(f.t.status(), 0);
+}
+
+/// A device that found a corrupt queue: the transport shows DEVICE_NEEDS_RESET and raises
+/// a configuration interrupt once; a reset by the driver clears it.
+#[test]
+fn a_device_that_needs_reset_is_shown_to_the_driver() {
+    let mut f = fixture(false);
+    negotiate(&mut f.t, FEATURES);
+    setup_queue(&mut f.t, 0, 0x1_0000);
+    w(&mut f.t, REG_STATUS, ALL_OK);
+    assert!(f.t.is_activated());
+    f.t.queue_event(0);
+    assert_eq!(f.t.status() & STATUS_NEEDS_RESET, 0);
+    f.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    f.t.queue_event(0);
+    assert_ne!(f.t.status() & STATUS_NEEDS_RESET, 0);
+    assert_ne!(f.irq.status() & INT_CONFIG, 0);
+    f.t.host_event(0);
+    w(&mut f.t, REG_STATUS, 0);
+    assert_eq!(f.t.status(), 0);
+    assert!(!f.t.device().needs_reset());
 }

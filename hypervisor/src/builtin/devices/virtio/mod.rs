@@ -122,6 +122,11 @@ pub trait VirtioDevice: Send {
     }
     fn queue_event(&mut self, _queue: usize) {}
     fn host_event(&mut self, _index: usize) {}
+    /// The guest broke a queue's rules and the device stopped using its queues: the
+    /// transport sets DEVICE_NEEDS_RESET (virtio 2.1.2) until the driver resets the device.
+    fn needs_reset(&self) -> bool {
+        false
+    }
 }
 
 /// Copies the part of `config` at `offset` into `data`; what lies outside reads as zero.

@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use slog::{Logger, debug};
+use slog::{Logger, debug, warn};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
@@ -26,6 +26,8 @@ struct Active {
 pub struct Vsock {
     device: VsockDevice,
     active: Option<Active>,
+    /// The guest corrupted a queue: its queues are left alone until the driver resets.
+    broken: bool,
     log: Logger,
 }
 
@@ -34,6 +36,7 @@ impl Vsock {
         Self {
             device,
             active: None,
+            broken: false,
             log,
         }
     }
@@ -46,7 +49,9 @@ impl Vsock {
             return;
         }
         let outcome = self.device.process_rx(a.mem.as_ref(), &mut a.rx);
-        Self::finish(&self.log, outcome, &a.mem, &mut a.rx, &a.irq);
+        if Self::finish(&self.log, outcome, &a.mem, &mut a.rx, &a.irq) {
+            self.break_device();
+        }
     }
 
     fn process_tx(&mut self) {
@@ -57,21 +62,36 @@ impl Vsock {
             return;
         }
         let outcome = self.device.process_tx(a.mem.as_ref(), &mut a.tx);
-        Self::finish(&self.log, outcome, &a.mem, &mut a.tx, &a.irq);
+        if Self::finish(&self.log, outcome, &a.mem, &mut a.tx, &a.irq) {
+            self.break_device();
+        }
     }
 
+    /// Notifies the guest of used buffers; returns true if the queue is corrupt.
     fn finish(
         log: &Logger,
         outcome: Result<bool, DeviceError>,
         mem: &Memory,
         queue: &mut Queue,
         irq: &IrqTrigger,
-    ) {
+    ) -> bool {
         match outcome {
             Ok(true) => notify_used(mem, queue, irq),
             Ok(false) => {}
+            Err(e) if e.needs_reset() => {
+                warn!(log, "the guest corrupted a vsock queue; the device needs a reset"; "error" => %e);
+                return true;
+            }
             Err(e) => debug!(log, "vsock queue processing failed"; "error" => %e),
         }
+        false
+    }
+
+    /// Stops using the queues and drops every connection until the driver resets.
+    fn break_device(&mut self) {
+        self.broken = true;
+        self.active = None;
+        self.device.reset();
     }
 }
 
@@ -120,7 +140,12 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.active = None;
+        self.broken = false;
         self.device.reset();
+    }
+
+    fn needs_reset(&self) -> bool {
+        self.broken
     }
 
     fn host_fds(&self) -> Vec<RawFd> {

@@ -92,3 +92,31 @@ fn wrong_queue_count_is_refused_and_events_before_activation_are_harmless() {
         .unwrap_err();
     assert!(matches!(err, VirtioError::QueueCount { got: 1, want: 3 }));
 }
+
+/// A TX avail index more than a ring ahead: the device reports that it needs a reset,
+/// leaves its queues alone from then on, and works again after the driver's reset.
+#[test]
+fn a_corrupt_queue_needs_reset_until_the_driver_resets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem: Memory = Arc::new(guest_memory());
+    let device = VsockDevice::new(GUEST_CID, &dir.path().join("v.sock"), logger()).unwrap();
+    let mut vsock = Vsock::new(device, logger());
+    let irq = IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    let (rx, mut tx, ev) = (
+        DriverQueue::new(&mem, 0),
+        DriverQueue::new(&mem, 1),
+        DriverQueue::new(&mem, 2),
+    );
+    let queues = vec![rx.device_queue(), tx.device_queue(), ev.device_queue()];
+    vsock.activate(activation(&mem, queues, &irq)).unwrap();
+    assert!(!vsock.needs_reset());
+    tx.set_avail_idx(1000);
+    vsock.queue_event(TX_QUEUE);
+    assert!(vsock.needs_reset());
+    // Further kicks touch nothing (the queues are gone) and do not clear the state.
+    vsock.queue_event(TX_QUEUE);
+    vsock.host_event(0);
+    assert!(vsock.needs_reset());
+    vsock.reset();
+    assert!(!vsock.needs_reset());
+}
