@@ -251,6 +251,18 @@ impl TestBed {
         Ok(())
     }
 
+    /// Ends a container left running by [`TestBed::run_detached`]: SIGKILL, wait until it
+    /// is stopped, delete the task and the container.
+    pub fn stop_detached(&self, id: &str) -> Result<(), TestBedError> {
+        let ctr = |args: &[&str]| self.ctr.checked(args).map(drop).map_err(CtrError::from);
+        ctr(&["task", "kill", "-s", "SIGKILL", id])?;
+        self.ctr
+            .wait_task_status(id, "STOPPED", Duration::from_secs(30))?;
+        ctr(&["task", "delete", id])?;
+        ctr(&["container", "delete", id])?;
+        Ok(())
+    }
+
     /// One leak check now, without waiting or failing (to inspect what the test owns).
     pub fn check_leaks_now(&self) -> Result<LeakReport, TestBedError> {
         let ids = self

@@ -45,11 +45,7 @@ fn the_vmm_runs_under_a_syscall_filter() -> Result<()> {
             vmm.name()
         );
     }
-    bed.ctr().checked(["task", "kill", "-s", "SIGKILL", &id])?;
-    bed.ctr()
-        .wait_task_status(&id, "STOPPED", Duration::from_secs(30))?;
-    bed.ctr().checked(["task", "delete", &id])?;
-    bed.ctr().checked(["container", "rm", &id])?;
+    bed.stop_detached(&id)?;
     bed.finish()?;
     Ok(())
 }

@@ -56,11 +56,7 @@ fn leak_checker_sees_a_running_container() -> Result<()> {
     ensure!(!report.is_clean());
 
     // Clean up properly; then the bed must be clean.
-    bed.ctr().checked(["task", "kill", "-s", "SIGKILL", &id])?;
-    bed.ctr()
-        .wait_task_status(&id, "STOPPED", Duration::from_secs(30))?;
-    bed.ctr().checked(["task", "delete", &id])?;
-    bed.ctr().checked(["container", "delete", &id])?;
+    bed.stop_detached(&id)?;
     bed.finish()?;
     Ok(())
 }

@@ -183,15 +183,19 @@ fn privileged(spec: &mut Value) {
     });
 }
 
+/// Appends a bind mount of host `source` at `destination` to the spec.
+fn add_bind(spec: &mut Value, destination: &str, source: &Path, options: &[&str]) {
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        mounts.push(json!({"destination": destination, "type": "bind",
+            "source": source, "options": options}));
+    }
+}
+
 /// A victim container: reads an `/etc/hosts`-style file mount and lists a volume.
 fn victim<'a>(hosts: &'a Path, volume: &'a Path) -> impl FnOnce(&mut Value) + 'a {
     move |spec: &mut Value| {
-        if let Some(mounts) = spec["mounts"].as_array_mut() {
-            mounts.push(json!({"destination": "/etc/hosts", "type": "bind",
-                "source": hosts, "options": ["rbind", "ro"]}));
-            mounts.push(json!({"destination": "/data", "type": "bind",
-                "source": volume, "options": ["rbind", "rw"]}));
-        }
+        add_bind(spec, "/etc/hosts", hosts, &["rbind", "ro"]);
+        add_bind(spec, "/data", volume, &["rbind", "rw"]);
     }
 }
 
@@ -291,10 +295,7 @@ async fn guest_cannot_redirect_the_shim_through_the_share() -> Result<()> {
     std::fs::write(&own_hosts, "attacker\n")?;
     let b_attacker = make_bundle_with(&bed, &pod, &attacker, &["sh", "-c", &script], |s| {
         privileged(s);
-        if let Some(mounts) = s["mounts"].as_array_mut() {
-            mounts.push(json!({"destination": "/etc/hosts", "type": "bind",
-                "source": own_hosts, "options": ["rbind", "ro"]}));
-        }
+        add_bind(s, "/etc/hosts", &own_hosts, &["rbind", "ro"]);
     })?;
     let shim = start_shim(&bed, &b_attacker, &attacker, &containerd.socket).await?;
     let t = &shim.client;
@@ -492,10 +493,7 @@ async fn guest_xattrs_stay_out_of_host_security_namespaces() -> Result<()> {
     );
     let bundle = make_bundle_with(&bed, &id, &id, &["sh", "-c", &script], |s| {
         privileged(s);
-        if let Some(mounts) = s["mounts"].as_array_mut() {
-            mounts.push(json!({"destination": "/data", "type": "bind",
-                "source": volume, "options": ["rbind", "rw"]}));
-        }
+        add_bind(s, "/data", &volume, &["rbind", "rw"]);
     })?;
     let shim = start_shim(&bed, &bundle, &id, &containerd.socket).await?;
     let (status, output) = run_to_exit(&shim, &bed, &id, &bundle, || Ok(())).await?;
