@@ -116,6 +116,20 @@ async fn task_api_semantics_and_event_order() -> Result<()> {
     // An exec: added, started, exits with its code; duplicates refused; kill after exit ok.
     t.exec(ctx(), &exec_request(&c1, "e1", &["sh", "-c", "exit 5"]))
         .await?;
+    for bad in ["../e", "e/1", ".e", ""] {
+        let refused = t.exec(ctx(), &exec_request(&c1, bad, &["true"])).await;
+        ensure!(
+            code_of(refused) == Some(Code::INVALID_ARGUMENT),
+            "exec id {bad:?} is not INVALID_ARGUMENT"
+        );
+    }
+    let bad_create = t
+        .create(ctx(), &create_request("../c9", &b1, &out1.path, &err1.path))
+        .await;
+    ensure!(
+        code_of(bad_create) == Some(Code::INVALID_ARGUMENT),
+        "container id ../c9 is not INVALID_ARGUMENT"
+    );
     let dup = t.exec(ctx(), &exec_request(&c1, "e1", &["true"])).await;
     ensure!(
         code_of(dup) == Some(Code::ALREADY_EXISTS),

@@ -9,6 +9,7 @@ use containerd_shim_protos::topics::TASK_EXEC_ADDED_EVENT_TOPIC;
 use super::Shim;
 use super::error::{TaskError, TaskResult};
 use super::process::{Process, Status};
+use crate::ids;
 use crate::stdio::StdioPaths;
 
 /// An OCI `process` object is a few KiB; refuse absurd ones before they reach the guest.
@@ -16,12 +17,10 @@ const MAX_PROCESS_SPEC: usize = 1024 * 1024;
 
 impl Shim {
     pub async fn exec(&self, req: &ExecProcessRequest) -> TaskResult<()> {
-        if req.exec_id.is_empty() || req.exec_id.len() > husk_protocol::io_stream::MAX_ID_LEN {
-            return Err(TaskError::InvalidArgument(format!(
-                "invalid exec id {:?}",
-                req.exec_id
-            )));
-        }
+        // The exec id names files in the guest and stdio streams: containerd's identifier
+        // rule, as for container ids.
+        ids::validate("exec id", &req.exec_id)
+            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         let container = self.container(&req.id)?;
         if container.init.status() != Status::Running {
             return Err(TaskError::FailedPrecondition(format!(
