@@ -16,6 +16,7 @@ pub mod spec;
 pub mod virtiofsd;
 mod vm_processes;
 pub mod vmm;
+pub mod vmm_ids;
 pub mod vsock;
 
 pub use probe::{HostProbe, KvmSupport};
@@ -25,3 +26,4 @@ pub use select::{
 };
 pub use spec::{SharedFsSpec, VmSpec, VsockSpec};
 pub use vmm::{VmExit, VmHandle, Vmm, VmmError};
+pub use vmm_ids::IdRange;

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::vmm::VmmError;
+use crate::vmm_ids::IdRange;
 
 /// Guest CID of every pod VM: each VM has its own vsock device, so the CID need not be unique.
 pub const GUEST_CID: u64 = 3;
@@ -26,6 +27,8 @@ pub struct VmSpec {
     pub run_dir: PathBuf,
     pub vsock: VsockSpec,
     pub shared_fs: SharedFsSpec,
+    /// Where the monitor's unprivileged uid/gid comes from (one per pod).
+    pub vmm_ids: IdRange,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +124,11 @@ mod tests {
                 shared_dir: dir.to_path_buf(),
                 virtiofsd: dir.join("v"),
                 cache: "auto".into(),
+            },
+            vmm_ids: crate::IdRange {
+                first: 1_000_000,
+                count: 16,
+                lock_dir: dir.join("ids"),
             },
         }
     }

@@ -156,11 +156,11 @@ impl VmHandle for VmProcesses {
         for h in &self.helpers {
             h.stop(HELPER_GRACE).await;
         }
+        self.remove_files();
         for cleanup in self.take_cleanups() {
             // A join may block briefly; keep it off the async executor.
             let _ = tokio::task::spawn_blocking(cleanup).await;
         }
-        self.remove_files();
     }
 }
 
@@ -168,9 +168,19 @@ impl Drop for VmProcesses {
     fn drop(&mut self) {
         // Launch failed half-way or the owner forgot to stop: the processes are killed by
         // their own Drop; stop the devices and leave no socket or file behind.
-        for cleanup in self.take_cleanups() {
-            cleanup();
-        }
         self.remove_files();
+        let cleanups = self.take_cleanups();
+        let run = move || cleanups.into_iter().for_each(|cleanup| cleanup());
+        // The cleanups release the monitor's uid: not before the monitor is gone.
+        let exit = self.vmm.as_ref().map(Supervised::exit_watch);
+        match (exit, tokio::runtime::Handle::try_current()) {
+            (Some(mut exit), Ok(runtime)) => {
+                runtime.spawn(async move {
+                    let _ = exit.wait_for(Option::is_some).await;
+                    let _ = tokio::task::spawn_blocking(run).await;
+                });
+            }
+            _ => run(),
+        }
     }
 }

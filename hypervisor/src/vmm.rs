@@ -46,6 +46,8 @@ pub enum VmmError {
     },
     #[error("starting the vsock device: {0}")]
     Vsock(#[from] crate::vsock::VsockError),
+    #[error("choosing the monitor's uid: {0}")]
+    VmmId(#[from] crate::vmm_ids::IdError),
 }
 
 /// How a VM ended, as seen from the host.

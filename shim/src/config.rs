@@ -59,6 +59,29 @@ pub struct HypervisorConfig {
     /// Run pods under QEMU's TCG where KVM cannot run guests. TCG is not a security
     /// boundary, so this is off unless the operator says otherwise.
     pub allow_software_emulation: bool,
+    pub jail: JailSettings,
+}
+
+/// `[hypervisor.jail]`: the ids husk-vmm switches to, one per pod.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JailSettings {
+    /// First uid (= gid) of the range reserved for husk's monitors; no host user may use
+    /// an id in it.
+    pub id_first: u32,
+    pub id_count: u32,
+    /// Where pods claim their id (shared by every shim on the host).
+    pub id_lock_dir: PathBuf,
+}
+
+impl Default for JailSettings {
+    fn default() -> Self {
+        Self {
+            id_first: 1_500_000_000,
+            id_count: 65536,
+            id_lock_dir: "/run/husk/vmm-ids".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -100,6 +123,7 @@ impl Default for HypervisorConfig {
             overhead_memory_mib: 128,
             kernel_params: String::new(),
             allow_software_emulation: false,
+            jail: JailSettings::default(),
         }
     }
 }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use husk_hypervisor::{HostProbe, SharedFsSpec, VmHandle, VmSpec, VsockSpec, spec::GUEST_CID};
+use husk_hypervisor::{
+    HostProbe, IdRange, SharedFsSpec, VmHandle, VmSpec, VsockSpec, spec::GUEST_CID,
+};
 use slog::{Logger, info, warn};
 use thiserror::Error;
 use tokio::time::Instant;
@@ -199,6 +201,11 @@ pub fn vm_spec(id: &str, dir: &PodDir, config: &Config, size: &PodSize) -> VmSpe
             shared_dir: dir.shared(),
             virtiofsd: config.virtiofs.virtiofsd_path.clone(),
             cache: config.virtiofs.cache.clone(),
+        },
+        vmm_ids: IdRange {
+            first: h.jail.id_first,
+            count: h.jail.id_count,
+            lock_dir: h.jail.id_lock_dir.clone(),
         },
     }
 }

@@ -7,7 +7,10 @@
 //!   <container id>/rootfs   the container's rootfs as containerd describes it
 //!   <container id>/mounts/  bind-mount sources shared with the guest
 //! shared/                 virtio-fs export: a read-only view of host/ (a slave of it)
-//! vsock.sock, vsock.sock_<port>, vhost-vsock.sock, virtiofsd.sock
+//! vm/                     the VM's sockets: vsock.sock, vsock.sock_<port>, virtiofsd.sock
+//!                         (husk-vmm's /run, owned by its uid)
+//! vhost-vsock.sock        QEMU's vsock backend
+//! vmm-root/               empty: husk-vmm mounts its jail root here, in its own namespace
 //! ```
 //!
 //! The guest sees `shared/` only: a read-only bind mount of `host/`, so the guest can
@@ -96,7 +99,7 @@ impl PodDir {
     }
 
     pub fn vsock_uds(&self) -> PathBuf {
-        self.root.join("vsock.sock")
+        self.root.join("vm/vsock.sock")
     }
 
     /// Mounts a fresh state tmpfs over the state directory (in the shim's own mount
@@ -133,6 +136,7 @@ impl PodDir {
         create(&self.root)?;
         create(&self.host())?;
         create(&self.shared())?;
+        create(&self.root.join("vm"))?;
         mounts::make_shared_mountpoint(&self.host())?;
         mounts::readonly_view(&self.host(), &self.shared())?;
         Ok(())
@@ -176,7 +180,7 @@ mod tests {
         assert_eq!(d.host(), Path::new("/run/husk/pod1/host"));
         assert_eq!(d.shared(), Path::new("/run/husk/pod1/shared"));
         assert_eq!(PodDir::rootfs("c1"), Path::new("c1/rootfs"));
-        assert_eq!(d.vsock_uds(), Path::new("/run/husk/pod1/vsock.sock"));
+        assert_eq!(d.vsock_uds(), Path::new("/run/husk/pod1/vm/vsock.sock"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use husk_hypervisor::builtin::{EXIT_SETUP_FAILED, EXIT_USAGE, VmConfig, builder};
+use husk_hypervisor::builtin::{EXIT_SETUP_FAILED, EXIT_USAGE, VmConfig, builder, jail};
 use slog::{Drain, Level, Logger, error, info, o};
 
 fn usage(msg: &str) -> ! {
@@ -67,7 +67,22 @@ fn main() {
         }
     };
     let log = log.new(o!("vm" => config.name.clone()));
-    let outcome = builder::build(&config, std::io::stdout(), &log).and_then(|m| m.run());
+    // Before anything reads guest data: the jail. Paths in the config are host paths; the
+    // VM is built from the ones inside the jail.
+    let config = match &config.jail {
+        Some(jail_config) => match jail::enter(&config, jail_config) {
+            Ok(inner) => inner,
+            Err(e) => {
+                error!(log, "cannot confine the monitor"; "error" => %e);
+                std::process::exit(EXIT_SETUP_FAILED);
+            }
+        },
+        None => config,
+    };
+    // The machine is never dropped: the process exit below ends it (see `Machine::run`).
+    let mut machine = None;
+    let outcome =
+        builder::build(&config, std::io::stdout(), &log).and_then(|m| machine.insert(m).run());
     let code = match outcome {
         Ok(reason) => {
             info!(log, "VM stopped"; "reason" => &reason.description, "status" => reason.code);

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -24,8 +24,8 @@ use super::devices::virtio::{Memory, VirtioError};
 use super::devices::{ExitReason, ExitSignal};
 use super::kvm::vcpu::{Vcpu, VcpuContext};
 use super::kvm::{KvmError, Vm, cpuid, memory, msr};
-use super::seccomp::{self, SeccompError};
-use super::{EXIT_VCPU_FAILED, config::ConfigError};
+use super::seccomp::{self, SeccompError, ThreadKind};
+use super::{EXIT_SETUP_FAILED, EXIT_VCPU_FAILED, config::ConfigError};
 use crate::vsock::VsockDevice;
 use crate::vsock::device::DeviceError;
 
@@ -178,20 +178,32 @@ impl MutEventSubscriber for ExitWatch {
 }
 
 impl Machine {
-    /// Runs the VM until it stops; returns why.
-    pub fn run(mut self) -> Result<ExitReason, BuildError> {
+    /// Runs the VM until it stops; returns why. The machine is not dropped afterwards:
+    /// its devices stay as they are until the process exits (the filter allows no
+    /// `unlink` of their sockets; the shim removes them).
+    pub fn run(&mut self) -> Result<ExitReason, BuildError> {
         let mut em = EventManager::<Box<dyn MutEventSubscriber + Send>>::new()
             .map_err(BuildError::EventLoop)?;
         em.add_subscriber(Box::new(ExitWatch(self.ctx.exit.clone())));
         for handler in self.devices.take_handlers() {
             em.add_subscriber(Box::new(handler));
         }
+        // Each vCPU thread filters itself, then waits here until this thread is filtered
+        // too: no guest code runs while any thread of the monitor is unfiltered.
+        let gate = Arc::new(Barrier::new(self.vcpus.len() + 1));
         for vcpu in std::mem::take(&mut self.vcpus) {
-            // Threads are detached: the process exit ends them.
-            vcpu.spawn(self.ctx.clone())?;
+            // Threads are detached: the process exit ends them (on an error here too, while
+            // the ones started wait at the gate).
+            vcpu.spawn(self.ctx.clone(), gate.clone())?;
         }
-        let syscalls = seccomp::install()?;
-        info!(self.log, "syscall filter installed"; "syscall_rules" => syscalls);
+        let filtered = seccomp::install(ThreadKind::Device);
+        if let Err(e) = &filtered {
+            // Keeps the vCPUs out of the guest once they pass the gate.
+            self.ctx.exit.request(EXIT_SETUP_FAILED, e.to_string());
+        }
+        gate.wait();
+        let syscalls = filtered?;
+        info!(self.log, "syscall filters installed"; "device_thread_syscalls" => syscalls);
         let setup = self.created.elapsed();
         info!(self.log, "VM running"; "setup_ms" => u64::try_from(setup.as_millis()).unwrap_or(u64::MAX));
         while !self.ctx.exit.is_requested() {

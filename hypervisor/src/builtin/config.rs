@@ -35,6 +35,24 @@ pub struct VmConfig {
     pub fs: Option<FsConfig>,
     #[serde(default)]
     pub net: Vec<NetConfig>,
+    /// Where and as whom the monitor confines itself before it builds the VM (see
+    /// [`super::jail`]). Without it the monitor runs as started: for tests and by hand.
+    #[serde(default)]
+    pub jail: Option<JailConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// An empty host directory: the monitor mounts its new root on it, in a mount namespace
+    /// of its own, so nothing appears on the host.
+    pub root: PathBuf,
+    /// The host directory holding every socket the monitor serves or connects to (the
+    /// vsock and virtio-fs sockets must be in it); it is the jail's `/run`.
+    pub sockets: PathBuf,
+    /// Unprivileged ids the monitor switches to (non-zero; unique per pod).
+    pub uid: u32,
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +152,39 @@ impl VmConfig {
                 return bad(format!("MAC of tap {} is a multicast address", n.tap));
             }
         }
+        match &self.jail {
+            Some(jail) => jail.validate(self),
+            None => Ok(()),
+        }
+    }
+}
+
+impl JailConfig {
+    fn validate(&self, vm: &VmConfig) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for id in [self.uid, self.gid] {
+            if id == 0 || id == u32::MAX {
+                return bad(format!("jail uid/gid {id} is root or invalid"));
+            }
+        }
+        for dir in [&self.root, &self.sockets] {
+            if !dir.is_absolute() {
+                return bad(format!("jail directory {dir:?} is not absolute"));
+            }
+        }
+        let sockets = vm
+            .vsock
+            .iter()
+            .map(|v| &v.uds_path)
+            .chain(vm.fs.iter().map(|f| &f.socket));
+        for socket in sockets {
+            if socket.parent() != Some(self.sockets.as_path()) || socket.file_name().is_none() {
+                return bad(format!(
+                    "socket {socket:?} is not directly in the jail's socket directory {:?}",
+                    self.sockets
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -162,6 +213,12 @@ mod tests {
                 tap: "tap0".into(),
                 mac: [2, 0, 0, 0, 0, 1],
             }],
+            jail: Some(JailConfig {
+                root: "/state/jail".into(),
+                sockets: "/run".into(),
+                uid: 1000,
+                gid: 1000,
+            }),
         }
     }
 
@@ -193,6 +250,20 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = sample();
         c.cmdline = "x".repeat(2000);
+        assert!(c.validate().is_err());
+        let mut c = sample();
+        c.jail.as_mut().unwrap().uid = 0;
+        assert!(c.validate().is_err());
+        let mut c = sample();
+        c.fs.as_mut().unwrap().socket = "/elsewhere/fs.sock".into();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("socket directory")
+        );
+        let mut c = sample();
+        c.jail.as_mut().unwrap().root = "rel".into();
         assert!(c.validate().is_err());
         let text = c.to_json().unwrap().replacen('{', "{\"extra\": 1,", 1);
         assert!(serde_json::from_str::<VmConfig>(&text).is_err());

@@ -25,22 +25,25 @@ pub mod config;
 pub mod device_manager;
 pub mod devices;
 mod exit_status;
+pub mod jail;
 pub mod kvm;
 pub mod seccomp;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use slog::{Logger, info};
 use tokio::process::Command;
 
-pub use config::{FsConfig, NetConfig, VmConfig, VsockConfig};
+pub use config::{FsConfig, JailConfig, NetConfig, VmConfig, VsockConfig};
 
 use crate::child::{Stdout, Supervised};
 use crate::spec::VmSpec;
 use crate::virtiofsd;
 use crate::vm_processes::VmProcesses;
 use crate::vmm::{VmHandle, Vmm, VmmError};
+use crate::vmm_ids::IdClaim;
 
 /// The guest stopped by itself (power off, reboot, triple fault, panic with `panic=-1`).
 pub const EXIT_GUEST_STOPPED: i32 = 0;
@@ -58,6 +61,8 @@ pub const VMM_BINARY: &str = "husk-vmm";
 /// Physical address of the boot timer's MMIO page.
 pub const BOOT_TIMER_MMIO_ADDR: u64 = arch::BOOT_TIMER_MMIO_ADDR;
 const CONFIG_FILE: &str = "husk-vmm.json";
+/// The empty directory the monitor's jail root is mounted on (in its own mount namespace).
+const JAIL_ROOT_DIR: &str = "vmm-root";
 const VIRTIOFSD_SOCKET: &str = "virtiofsd.sock";
 /// husk's guest kernel parameters for this backend; the spec's come after, so they override.
 /// `pci=off`: all devices are virtio-mmio, skip probing a PCI bus that is not there.
@@ -107,6 +112,7 @@ impl BuiltinVmm {
                 tag: spec.shared_fs.tag.clone(),
             }),
             net: Vec::new(),
+            jail: None,
         })
     }
 }
@@ -163,11 +169,21 @@ impl Vmm for BuiltinVmm {
 
     async fn launch(&self, spec: &VmSpec, log: &Logger) -> Result<Box<dyn VmHandle>, VmmError> {
         spec.validate()?;
-        let fs_socket = spec.run_dir.join(VIRTIOFSD_SOCKET);
-        let config = Self::vm_config(spec, &fs_socket)?;
+        let jail = JailDirs::of(spec)?;
+        let id = spec.vmm_ids.claim(&spec.name)?;
+        let fs_socket = jail.sockets.join(VIRTIOFSD_SOCKET);
+        let mut config = Self::vm_config(spec, &fs_socket)?;
+        config.jail = Some(JailConfig {
+            root: jail.root.clone(),
+            sockets: jail.sockets.clone(),
+            uid: id.id(),
+            gid: id.id(),
+        });
         config
             .validate()
             .map_err(|e| VmmError::InvalidSpec(e.to_string()))?;
+        // The monitor creates its vsock socket there, as its own uid.
+        chown_to(&jail.sockets, config.jail.as_ref())?;
         let config_path = spec.run_dir.join(CONFIG_FILE);
         let json = config
             .to_json()
@@ -181,16 +197,77 @@ impl Vmm for BuiltinVmm {
             vec![fs_socket.clone(), config_path.clone()],
             exit_status::describe_status,
         );
+        // Runs once the monitor is gone: its id is free again, its directories empty.
+        vm.add_cleanup(Box::new(move || jail.remove(id)));
         vm.add_helper(virtiofsd::spawn(&spec.shared_fs, &fs_socket, log)?);
+        // virtiofsd's socket was bound by the shim as root; only the pod's monitor may
+        // connect to it.
+        chown_to(&fs_socket, config.jail.as_ref())?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--config").arg(&config_path);
         let vmm = Supervised::spawn("husk-vmm", cmd, Stdout::Log, None, log)?;
         info!(log, "VM started"; "vmm" => self.name(), "pid" => vmm.pid(),
               "kernel" => config.kernel.display().to_string(),
-              "vcpus" => spec.vcpus, "memory_mib" => spec.memory_mib);
+              "vcpus" => spec.vcpus, "memory_mib" => spec.memory_mib,
+              "vmm_uid" => config.jail.as_ref().map(|j| j.uid));
         vm.set_vmm(vmm);
         Ok(Box::new(vm))
     }
+}
+
+/// The host directories of the monitor's jail: `root` (empty; the monitor mounts its root
+/// on it in its own mount namespace) and `sockets` (the vsock socket's directory, owned by
+/// the monitor's id, its `/run`).
+struct JailDirs {
+    root: PathBuf,
+    sockets: PathBuf,
+}
+
+impl JailDirs {
+    fn of(spec: &VmSpec) -> Result<Self, VmmError> {
+        let sockets = spec
+            .vsock
+            .uds_path
+            .parent()
+            .filter(|p| *p != spec.run_dir && p.starts_with(&spec.run_dir))
+            .ok_or_else(|| {
+                VmmError::InvalidSpec(format!(
+                    "the vsock socket {:?} must be in a directory of its own below {:?}",
+                    spec.vsock.uds_path, spec.run_dir
+                ))
+            })?
+            .to_path_buf();
+        let root = spec.run_dir.join(JAIL_ROOT_DIR);
+        for dir in [&root, &sockets] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| VmmError::Spawn {
+                    what: "husk-vmm (creating its jail directories)",
+                    source,
+                })?;
+        }
+        Ok(Self { root, sockets })
+    }
+
+    /// After the monitor exited: the directories go (the shim removes the socket files),
+    /// then the id is released.
+    fn remove(self, id: IdClaim) {
+        let _ = std::fs::remove_dir(&self.root);
+        let _ = std::fs::remove_dir(&self.sockets);
+        drop(id);
+    }
+}
+
+fn chown_to(path: &Path, jail: Option<&JailConfig>) -> Result<(), VmmError> {
+    let Some(jail) = jail else { return Ok(()) };
+    std::os::unix::fs::chown(path, Some(jail.uid), Some(jail.gid)).map_err(|source| {
+        VmmError::Spawn {
+            what: "husk-vmm (handing its sockets to its uid)",
+            source,
+        }
+    })
 }
 
 /// Where the husk guest kernel was built on this machine, for tests that load it.

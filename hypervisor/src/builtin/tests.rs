@@ -18,13 +18,18 @@ fn spec(dir: &Path) -> VmSpec {
         run_dir: dir.to_path_buf(),
         vsock: VsockSpec {
             guest_cid: 3,
-            uds_path: dir.join("vsock.sock"),
+            uds_path: dir.join("vm/vsock.sock"),
         },
         shared_fs: SharedFsSpec {
             tag: "husk".into(),
             shared_dir: dir.to_path_buf(),
             virtiofsd: script(dir, "virtiofsd", "sleep 30"),
             cache: "auto".into(),
+        },
+        vmm_ids: crate::IdRange {
+            first: 1_000_000,
+            count: 16,
+            lock_dir: dir.join("ids"),
         },
     }
 }

@@ -143,6 +143,11 @@ mod tests {
                 virtiofsd: PathBuf::from("/v"),
                 cache: "auto".into(),
             },
+            vmm_ids: crate::IdRange {
+                first: 1_000_000,
+                count: 16,
+                lock_dir: PathBuf::from("/run/husk/vmm-ids"),
+            },
         }
     }
 

@@ -27,7 +27,7 @@ pub const METRICS: [&str; 8] = [
 ];
 
 /// husk-vmm's log lines for its syscall filter and for a VM the guest itself reset.
-const SECCOMP_LINE: &str = "syscall filter installed";
+const SECCOMP_LINE: &str = "syscall filters installed";
 const CLEAN_STOP_LINE: &str = "VM stopped, status: 0, reason: guest reset the machine";
 
 /// How long the whole nested run may take (outer boot plus every pod).

@@ -3,7 +3,7 @@
 //! stops (triple fault, reset or shutdown request, KVM failure) ends the whole VM through the
 //! exit signal; the process then exits, which ends every vCPU thread.
 
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
@@ -18,7 +18,8 @@ use super::{KvmError, ioctl};
 use crate::builtin::arch::regs::{BootRegs, fpu};
 use crate::builtin::devices::virtio::Memory;
 use crate::builtin::devices::{Bus, ExitSignal};
-use crate::builtin::{EXIT_GUEST_CRASHED, EXIT_GUEST_STOPPED, EXIT_VCPU_FAILED};
+use crate::builtin::seccomp::{self, ThreadKind};
+use crate::builtin::{EXIT_GUEST_CRASHED, EXIT_GUEST_STOPPED, EXIT_SETUP_FAILED, EXIT_VCPU_FAILED};
 
 /// Local APIC register offsets and the delivery-mode field of the LVT entries.
 const APIC_LVT0: usize = 0x350;
@@ -103,16 +104,25 @@ impl Vcpu {
         self.fd.set_lapic(&lapic).map_err(ioctl("SET_LAPIC"))
     }
 
-    /// Starts the vCPU thread.
-    pub fn spawn(self, ctx: VcpuContext) -> std::io::Result<JoinHandle<()>> {
+    /// Starts the vCPU thread. It installs its own syscall filter, then waits at `gate`
+    /// until every thread of the monitor is filtered before it enters the guest.
+    pub fn spawn(self, ctx: VcpuContext, gate: Arc<Barrier>) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.id))
-            .spawn(move || self.run(&ctx))
+            .spawn(move || self.run(&ctx, &gate))
     }
 
-    fn run(mut self, ctx: &VcpuContext) {
+    fn run(mut self, ctx: &VcpuContext, gate: &Barrier) {
         let id = self.id;
         let log = ctx.log.new(slog::o!("vcpu" => id));
+        if let Err(e) = seccomp::install(ThreadKind::Vcpu) {
+            ctx.exit
+                .request(EXIT_SETUP_FAILED, format!("vCPU {id}: {e}"));
+        }
+        gate.wait();
+        if ctx.exit.is_requested() {
+            return;
+        }
         loop {
             match self.fd.run() {
                 Ok(VcpuExit::Shutdown) => {
