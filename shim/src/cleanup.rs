@@ -3,8 +3,9 @@
 //!
 //! A dead shim's VMM and virtiofsd died with it (parent-death signal) and its mounts and
 //! state files with its private mount namespace (see `isolation`); what can remain is its
-//! ttrpc socket, if the socket guard did not get to it. That is removed here, unless a live
-//! shim still answers on it (containers of a pod share one shim).
+//! ttrpc socket, if the socket guard did not get to it, and the pod's host cgroup. Both are
+//! removed here, unless a live shim still answers on the socket (containers of a pod share
+//! one shim).
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -16,6 +17,8 @@ use containerd_shim_protos::protobuf::{Message, MessageField};
 use slog::{info, warn};
 
 use crate::args::Args;
+use crate::config::{Config, RuntimeConfig};
+use crate::pod_cgroup;
 use crate::start::{grouping_id, socket_path};
 
 /// Exit status reported for a container whose shim died (as if SIGKILLed).
@@ -33,8 +36,12 @@ pub fn run(args: &Args) -> Result<()> {
         &args.namespace,
         &grouping_id(&bundle, &args.id),
     );
+    let group = grouping_id(&bundle, &args.id);
     if remove_dead_socket(&socket) {
         info!(log, "removed the socket of a dead shim"; "socket" => %socket.display());
+        if group == args.id {
+            remove_pod_cgroup(&bundle, &group, &log);
+        }
     } else if socket.exists() {
         warn!(log, "the pod's shim is still serving; leaving its socket"; "socket" => %socket.display());
     }
@@ -46,6 +53,28 @@ pub fn run(args: &Args) -> Result<()> {
         .write_all(&bytes)
         .context("writing the delete response")?;
     Ok(())
+}
+
+/// The sandbox's shim died: its pod cgroup may still exist (empty, or with a helper that
+/// outlived it). Best effort: what cannot be removed is logged.
+fn remove_pod_cgroup(bundle: &Path, sandbox_id: &str, log: &slog::Logger) {
+    let cgroups_path = std::fs::read_to_string(bundle.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|spec| {
+            spec.pointer("/linux/cgroupsPath")
+                .and_then(|p| p.as_str().map(str::to_string))
+        });
+    let parent = Config::resolve(None)
+        .map(|(c, _)| c.runtime.cgroup_parent)
+        .unwrap_or_else(|_| RuntimeConfig::default().cgroup_parent);
+    let removed = pod_cgroup::path_for(cgroups_path.as_deref(), &parent, sandbox_id)
+        .and_then(|path| pod_cgroup::remove_leftover(&path).map(|gone| (path, gone)));
+    match removed {
+        Ok((path, true)) => info!(log, "removed the pod cgroup of a dead shim"; "cgroup" => path),
+        Ok((_, false)) => {}
+        Err(e) => warn!(log, "removing the pod cgroup of a dead shim"; "error" => %e),
+    }
 }
 
 /// Removes `socket` if it exists and nothing answers on it.

@@ -79,7 +79,7 @@ impl Default for JailSettings {
         Self {
             id_first: 1_500_000_000,
             id_count: 65536,
-            id_lock_dir: "/run/husk/vmm-ids".into(),
+            id_lock_dir: "/run/husk-vmm-ids".into(),
         }
     }
 }
@@ -107,6 +107,9 @@ pub struct AgentConfig {
 pub struct RuntimeConfig {
     /// Per-pod host state (sockets, shared directory) lives in `<state_dir>/<sandbox id>`.
     pub state_dir: PathBuf,
+    /// The cgroup a pod's host processes (shim, VMM, virtiofsd) live under, as
+    /// `<cgroup_parent>/<sandbox id>`, when the sandbox's OCI spec names no cgroup.
+    pub cgroup_parent: String,
 }
 
 impl Default for HypervisorConfig {
@@ -162,6 +165,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             state_dir: "/run/husk".into(),
+            cgroup_parent: "/husk".into(),
         }
     }
 }
@@ -219,6 +223,20 @@ impl Config {
             return Err(format!(
                 "runtime.state_dir {:?} must be an absolute path",
                 self.runtime.state_dir
+            ));
+        }
+        let locks = &self.hypervisor.jail.id_lock_dir;
+        // Each shim mounts a private tmpfs over the state directory: claims there would be
+        // seen by no other pod.
+        if !locks.is_absolute() || locks.starts_with(&self.runtime.state_dir) {
+            return Err(format!(
+                "hypervisor.jail.id_lock_dir {locks:?} must be an absolute path outside runtime.state_dir"
+            ));
+        }
+        if !self.runtime.cgroup_parent.starts_with('/') {
+            return Err(format!(
+                "runtime.cgroup_parent {:?} must start with /",
+                self.runtime.cgroup_parent
             ));
         }
         Ok(())
@@ -281,6 +299,12 @@ mod tests {
         assert!(Config::parse("[agent]\nconnect_timeout_ms = 0\n", Path::new("c")).is_err());
         assert!(Config::parse("[agent]\nlog_level = \"loud\"\n", Path::new("c")).is_err());
         assert!(Config::parse("[runtime]\nstate_dir = \"rel\"\n", Path::new("c")).is_err());
+        let inside = "[hypervisor.jail]\nid_lock_dir = \"/run/husk/ids\"\n";
+        let err = Config::parse(inside, Path::new("c"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("id_lock_dir"), "{err}");
+        assert!(Config::parse("[runtime]\ncgroup_parent = \"husk\"\n", Path::new("c")).is_err());
     }
 
     #[test]

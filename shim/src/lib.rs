@@ -15,6 +15,7 @@ pub mod isolation;
 pub mod logger;
 pub mod mounts;
 pub mod pod;
+pub mod pod_cgroup;
 pub mod pod_dir;
 pub mod runtime_options;
 pub mod serve;

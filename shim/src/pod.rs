@@ -13,6 +13,7 @@ use crate::agent::{Agent, AgentError};
 use crate::config::Config;
 use crate::container_files::{self, ContainerFilesError, RootfsSource};
 use crate::guest_spec::HostBind;
+use crate::pod_cgroup::{PodCgroup, PodCgroupError};
 use crate::pod_dir::{PodDir, PodDirError};
 use crate::sizing::PodSize;
 
@@ -27,6 +28,8 @@ pub enum PodError {
     Dir(#[from] PodDirError),
     #[error(transparent)]
     Vmm(#[from] husk_hypervisor::VmmError),
+    #[error(transparent)]
+    Cgroup(#[from] PodCgroupError),
     #[error("{source}{diagnostics}")]
     Agent {
         source: AgentError,
@@ -39,15 +42,19 @@ pub struct Pod {
     pub dir: PodDir,
     pub vm: Box<dyn VmHandle>,
     pub agent: Agent,
+    cgroup: PodCgroup,
     log: Logger,
 }
 
 impl Pod {
     /// Boots the pod VM and waits for its agent. Everything started is torn down again on
     /// failure.
+    /// `cgroup`: the pod cgroup's path ([`crate::pod_cgroup::path_for`]); the shim joins it
+    /// before anything is started.
     pub async fn boot(
         id: &str,
         hostname: &str,
+        cgroup: &str,
         config: &Config,
         size: &PodSize,
         log: &Logger,
@@ -62,8 +69,13 @@ impl Pod {
         )?;
         info!(log, "hypervisor selected"; "vmm" => selection.vmm.name(), "reason" => &selection.reason);
         info!(log, "pod VM size"; "vcpus" => size.vcpus, "memory_mib" => size.memory_mib, "from" => size.source);
+        let cgroup = PodCgroup::create_and_join(cgroup)?;
+        info!(log, "pod cgroup joined"; "cgroup" => cgroup.path());
         let dir = PodDir::new(&config.runtime.state_dir, id);
-        dir.create()?;
+        if let Err(e) = dir.create() {
+            remove_cgroup(&cgroup, &log);
+            return Err(e.into());
+        }
         let started = Instant::now();
         let vm = match selection
             .vmm
@@ -73,6 +85,7 @@ impl Pod {
             Ok(vm) => vm,
             Err(e) => {
                 let _ = dir.destroy();
+                remove_cgroup(&cgroup, &log);
                 return Err(e.into());
             }
         };
@@ -86,11 +99,11 @@ impl Pod {
         .await;
         let (agent, check) = match connected {
             Ok(c) => c,
-            Err(source) => return Err(Self::abort_boot(vm, &dir, source, &log).await),
+            Err(source) => return Err(Self::abort_boot(vm, &dir, &cgroup, source, &log).await),
         };
         let ready = started.elapsed();
         if let Err(source) = agent.create_sandbox(id, hostname, SHARED_FS_TAG).await {
-            return Err(Self::abort_boot(vm, &dir, source, &log).await);
+            return Err(Self::abort_boot(vm, &dir, &cgroup, source, &log).await);
         }
         info!(log, "pod VM ready";
             "boot_to_agent_ms" => u64::try_from(ready.as_millis()).unwrap_or(u64::MAX),
@@ -103,6 +116,7 @@ impl Pod {
             dir,
             vm,
             agent,
+            cgroup,
             log,
         })
     }
@@ -110,6 +124,7 @@ impl Pod {
     async fn abort_boot(
         vm: Box<dyn VmHandle>,
         dir: &PodDir,
+        cgroup: &PodCgroup,
         source: AgentError,
         log: &Logger,
     ) -> PodError {
@@ -124,6 +139,7 @@ impl Pod {
         if let Err(e) = dir.destroy() {
             warn!(log, "cleaning up the pod directory"; "error" => %e);
         }
+        remove_cgroup(cgroup, log);
         PodError::Agent {
             source,
             diagnostics,
@@ -171,7 +187,18 @@ impl Pod {
         if let Err(e) = destroyed {
             warn!(self.log, "cleaning up the pod directory"; "error" => %e);
         }
+        // Waits (bounded) for killed leftovers to leave: off the async runtime.
+        let (cgroup, log) = (self.cgroup.clone(), self.log.clone());
+        let _ = tokio::task::spawn_blocking(move || remove_cgroup(&cgroup, &log)).await;
         info!(self.log, "pod stopped");
+    }
+}
+
+/// Removes the pod cgroup once nothing of the pod runs; a failure is logged (the shim is
+/// tearing down and has no one to report to).
+fn remove_cgroup(cgroup: &PodCgroup, log: &Logger) {
+    if let Err(e) = cgroup.remove() {
+        warn!(log, "removing the pod cgroup"; "error" => %e);
     }
 }
 

@@ -49,3 +49,89 @@ fn the_vmm_runs_under_a_syscall_filter() -> Result<()> {
     bed.finish()?;
     Ok(())
 }
+
+/// The cgroup of `pid` in the hierarchy that holds memory: the `memory` controller's line on
+/// cgroup v1, the unified line on v2.
+fn memory_cgroup(pid: i32) -> Result<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .with_context(|| format!("reading /proc/{pid}/cgroup"))?;
+    let lines: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _id = parts.next()?;
+            Some((parts.next()?, parts.next()?))
+        })
+        .collect();
+    let v1 = lines
+        .iter()
+        .find(|(controllers, _)| controllers.split(',').any(|c| c == "memory"));
+    let v2 = lines.iter().find(|(controllers, _)| controllers.is_empty());
+    v1.or(v2)
+        .map(|(_, path)| path.to_string())
+        .with_context(|| format!("no memory cgroup for {pid}: {text}"))
+}
+
+fn memory_cgroup_dir(path: &str) -> std::path::PathBuf {
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+    let root = if v1.is_dir() {
+        v1
+    } else {
+        std::path::Path::new("/sys/fs/cgroup")
+    };
+    root.join(path.trim_start_matches('/'))
+}
+
+#[test]
+fn every_host_process_of_a_pod_lives_in_the_pod_cgroup() -> Result<()> {
+    let bed = TestBed::start("pod-cgroup", Runtime::Husk)?;
+    let id = bed.id("cg");
+    bed.run_detached(&id, &["sleep", "1000"])?;
+    bed.ctr()
+        .wait_task_status(&id, "RUNNING", Duration::from_secs(60))?;
+    let procs = snapshot();
+    let vmm = procs
+        .iter()
+        .find(|p| {
+            matches!(p.name().as_str(), "qemu-system-x86_64" | "husk-vmm")
+                && p.mentions(&id)
+                && !p.is_zombie()
+        })
+        .context("no VMM for the pod")?;
+    let shim = procs
+        .iter()
+        .find(|p| p.pid == vmm.ppid)
+        .context("no parent of the VMM")?;
+    // The shim's socket guard (forked before the pod exists, to outlive the shim) is the
+    // shim's own, not the pod's.
+    let helpers: Vec<_> = procs
+        .iter()
+        .filter(|p| p.ppid == shim.pid && p.pid != vmm.pid && !p.is_zombie())
+        .filter(|p| p.comm != shim.comm)
+        .collect();
+    ensure!(
+        helpers.iter().any(|p| p.name() == "virtiofsd"),
+        "no virtiofsd under the shim: {helpers:?}"
+    );
+    let pod = memory_cgroup(vmm.pid)?;
+    ensure!(pod.ends_with(&format!("/{id}")), "VMM cgroup {pod}");
+    ensure!(
+        pod != memory_cgroup(i32::try_from(std::process::id())?)?,
+        "the pod cgroup is the test's own"
+    );
+    for p in helpers.iter().copied().chain([shim]) {
+        let got = memory_cgroup(p.pid)?;
+        ensure!(
+            got == pod,
+            "{} ({}) is in {got}, not {pod}",
+            p.name(),
+            p.pid
+        );
+    }
+    let dir = memory_cgroup_dir(&pod);
+    ensure!(dir.is_dir(), "{dir:?} missing while the pod runs");
+    bed.stop_detached(&id)?;
+    bed.finish()?;
+    ensure!(!dir.exists(), "the pod cgroup {dir:?} outlived the pod");
+    Ok(())
+}

@@ -21,7 +21,7 @@ fn ids() -> IdRange {
     IdRange {
         first: 1_500_000_000,
         count: 65536,
-        lock_dir: "/run/husk/vmm-ids".into(),
+        lock_dir: "/run/husk-vmm-ids".into(),
     }
 }
 

@@ -146,7 +146,7 @@ mod tests {
             vmm_ids: crate::IdRange {
                 first: 1_000_000,
                 count: 16,
-                lock_dir: PathBuf::from("/run/husk/vmm-ids"),
+                lock_dir: PathBuf::from("/run/husk-vmm-ids"),
             },
         }
     }

@@ -21,6 +21,7 @@ use crate::guest_spec;
 use crate::ids;
 use crate::mounts::MountSpec;
 use crate::pod::Pod;
+use crate::pod_cgroup;
 use crate::sizing;
 use crate::start::SANDBOX_ID_ANNOTATION;
 use crate::stdio::{ProcessIo, StdioPaths};
@@ -169,7 +170,14 @@ impl Shim {
             .unwrap_or_else(|| group.chars().take(12).collect());
         let annotations = spec.annotations().clone().unwrap_or_default();
         let size = sizing::pod_size(&annotations, &config.hypervisor, sizing::host_cpus());
-        let pod = Pod::boot(group, &hostname, &config, &size, &self.log)
+        let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        let cgroup = pod_cgroup::path_for(
+            cgroups_path.as_deref().and_then(Path::to_str),
+            &config.runtime.cgroup_parent,
+            group,
+        )
+        .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        let pod = Pod::boot(group, &hostname, &cgroup, &config, &size, &self.log)
             .await
             .map_err(|e| TaskError::FailedPrecondition(format!("starting the pod VM: {e}")))?;
         let pod = Arc::new(pod);
