@@ -31,19 +31,18 @@ pub fn run(args: &Args) -> Result<()> {
         PathBuf::from(&args.bundle)
     };
     let log = crate::logger::stderr_logger(args.debug);
-    let socket = socket_path(
-        &args.address,
-        &args.namespace,
-        &grouping_id(&bundle, &args.id),
-    );
     let group = grouping_id(&bundle, &args.id);
-    if remove_dead_socket(&socket) {
-        info!(log, "removed the socket of a dead shim"; "socket" => %socket.display());
+    let socket = socket_path(&args.address, &args.namespace, &group);
+    if socket.exists() && UnixStream::connect(&socket).is_ok() {
+        warn!(log, "the pod's shim is still serving; leaving its socket"; "socket" => %socket.display());
+    } else {
+        if remove_dead_socket(&socket) {
+            info!(log, "removed the socket of a dead shim"; "socket" => %socket.display());
+        }
+        // The pod's cgroup goes with its sandbox container.
         if group == args.id {
             remove_pod_cgroup(&bundle, &group, &log);
         }
-    } else if socket.exists() {
-        warn!(log, "the pod's shim is still serving; leaving its socket"; "socket" => %socket.display());
     }
     let mut r = DeleteResponse::new();
     r.exit_status = DEAD_SHIM_EXIT_STATUS;

@@ -31,6 +31,10 @@ pub enum PodCgroupError {
         #[source]
         source: cgroups_rs::error::Error,
     },
+    #[error(
+        "the pod cgroup {path} already holds processes {pids:?} of something else; give each sandbox its own linux.cgroupsPath"
+    )]
+    InUse { path: String, pids: Vec<u64> },
     #[error("moving the shim into the pod cgroup {path}: {source}")]
     Join {
         path: String,
@@ -120,6 +124,14 @@ impl PodCgroup {
                 source,
             }
         })?;
+        // Teardown kills whatever is left in the cgroup: it must be this pod's alone.
+        let others: Vec<u64> = cgroup.procs().into_iter().map(|p| p.pid).collect();
+        if !others.is_empty() {
+            return Err(PodCgroupError::InUse {
+                path: path.to_string(),
+                pids: others,
+            });
+        }
         if let Err(source) = cgroup.add_task_by_tgid(own_pid()) {
             let _ = cgroup.delete();
             return Err(PodCgroupError::Join {

@@ -95,6 +95,8 @@ impl Shim {
             // exit so that its cleanup (`delete`) takes over. Later calls for the pod's
             // containers then see a dead shim rather than hanging.
             shim.publisher.flush(EVENT_FLUSH_LIMIT).await;
+            // The helpers, the pod directory and the pod cgroup go now, not with the shim.
+            pod.shutdown().await;
             info!(
                 shim.log,
                 "all processes of the dead VM reported exited; shim exiting"

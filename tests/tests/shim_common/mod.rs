@@ -120,6 +120,8 @@ pub fn make_bundle_with(
     spec["annotations"] = serde_json::json!({
         "io.kubernetes.cri.sandbox-id": pod,
     });
+    // `ctr oci spec` names one cgroup for every spec; a pod's cgroup must be its own.
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/husk-test/{id}"));
     edit(&mut spec);
     std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
     Ok(bundle)
