@@ -2,6 +2,9 @@
 //! non-blocking line reader, with the input split across writes at a fuzzer-chosen point.
 #![no_main]
 
+#[path = "../common/deadline.rs"]
+mod deadline;
+
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 
@@ -9,6 +12,7 @@ use husk_hypervisor::vsock::hybrid_socket::{ConnectLineReader, parse_connect_lin
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    let _deadline = deadline::Deadline::arm();
     if let Ok(port) = parse_connect_line(data) {
         // Only `CONNECT <decimal u32>` parses (leading zeros allowed), to the number it says.
         let text = std::str::from_utf8(data).expect("a valid line is ASCII");

@@ -3,6 +3,9 @@
 //! addresses, guest memory full of fuzzed descriptors, then queue kicks and host events.
 #![no_main]
 
+#[path = "../common/deadline.rs"]
+mod deadline;
+
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
@@ -25,6 +28,7 @@ fn w(t: &mut MmioTransport, offset: u64, v: u32) {
 }
 
 fuzz_target!(|data: &[u8]| {
+    let _deadline = deadline::Deadline::arm();
     if data.len() < 2 {
         return;
     }

@@ -4,6 +4,9 @@
 //! Nothing may panic, hang or grow without bound.
 #![no_main]
 
+#[path = "../common/deadline.rs"]
+mod deadline;
+
 #[path = "../common/ring.rs"]
 mod ring;
 
@@ -45,6 +48,7 @@ impl Input<'_> {
 }
 
 fuzz_target!(|data: &[u8]| {
+    let _deadline = deadline::Deadline::arm();
     let Ok(dir) = tempfile::tempdir() else { return };
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let uds = dir.path().join("v.sock");

@@ -197,6 +197,10 @@ impl VhostUserBackendMut for VsockBackend {
 }
 
 #[cfg(test)]
+#[path = "vhost_user_tests.rs"]
+mod hostile_ring_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use slog::o;
