@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
+use crate::child_confine::Confinement;
 use crate::vmm::VmmError;
 
 /// Lines of stderr kept for error messages.
@@ -40,12 +41,15 @@ pub(crate) enum Stdout {
 }
 
 impl Supervised {
-    /// Spawns `cmd`. `inherit` is an fd the child receives as fd 3 (a pre-bound listener).
+    /// Spawns `cmd`. `inherit` is an fd the child receives as fd 3 (a pre-bound listener);
+    /// no other descriptor above stderr survives the exec. `confine` is applied before
+    /// anything else in the child.
     pub(crate) fn spawn(
         role: &'static str,
         mut cmd: Command,
         stdout: Stdout,
         inherit: Option<OwnedFd>,
+        confine: Option<Confinement>,
         log: &Logger,
     ) -> Result<Self, VmmError> {
         cmd.stdin(Stdio::null())
@@ -57,11 +61,17 @@ impl Supervised {
             .kill_on_drop(true);
         let inherit_raw = inherit.as_ref().map(AsRawFd::as_raw_fd);
         let parent = std::process::id();
+        let first_closed: u32 = if inherit_raw.is_some() { 4 } else { 3 };
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // syscalls (prctl, getppid, dup2, fcntl, kill) on fds it owns.
+        // syscalls (those of `Confinement::apply`, prctl, getppid, dup2, fcntl, kill,
+        // close_range) on fds it owns.
         unsafe {
             cmd.as_std_mut().pre_exec(move || {
-                // Die with the shim: a stray VM must never outlive its pod.
+                if let Some(c) = &confine {
+                    c.apply()?;
+                }
+                // Die with the shim: a stray VM must never outlive its pod. (After the
+                // credential change, which would clear it.)
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -71,6 +81,17 @@ impl Supervised {
                 }
                 if let Some(fd) = inherit_raw {
                     crate::fd_passing::inherit_as_fd3(fd)?;
+                }
+                // Whatever the shim holds without O_CLOEXEC stays behind. CLOEXEC rather
+                // than close: std's exec-error pipe must live until the exec.
+                if libc::syscall(
+                    libc::SYS_close_range,
+                    first_closed,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
@@ -277,7 +298,7 @@ mod tests {
         let log = Logger::root(slog::Discard, slog::o!());
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo boom >&2; exit 3"]);
-        let child = Supervised::spawn("test", cmd, Stdout::Null, None, &log).unwrap();
+        let child = Supervised::spawn("test", cmd, Stdout::Null, None, None, &log).unwrap();
         let status = child.stop(Duration::from_secs(5)).await;
         assert_eq!(status.code(), Some(3));
         // stderr forwarding races the exit; give it a moment.
@@ -295,7 +316,7 @@ mod tests {
         let log = Logger::root(slog::Discard, slog::o!());
         let mut cmd = Command::new("sleep");
         cmd.arg("100");
-        let child = Supervised::spawn("sleeper", cmd, Stdout::Null, None, &log).unwrap();
+        let child = Supervised::spawn("sleeper", cmd, Stdout::Null, None, None, &log).unwrap();
         let status = child.stop(Duration::from_millis(50)).await;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
         assert!(child.has_exited());

@@ -7,6 +7,7 @@
 
 pub mod builtin;
 mod child;
+mod child_confine;
 pub mod fd_passing;
 pub mod hybrid_client;
 pub mod probe;

@@ -83,6 +83,41 @@ impl VmSpec {
     }
 }
 
+impl VmSpec {
+    /// The directory of the VM's sockets: the vsock socket's, which must be a directory of
+    /// its own below `run_dir` (the monitor gets access to it, and to nothing else there).
+    /// Created if missing, mode 0700.
+    pub fn socket_dir(&self) -> Result<PathBuf, VmmError> {
+        let dir = self
+            .vsock
+            .uds_path
+            .parent()
+            .filter(|p| *p != self.run_dir && p.starts_with(&self.run_dir))
+            .ok_or_else(|| {
+                VmmError::InvalidSpec(format!(
+                    "the vsock socket {:?} must be in a directory of its own below {:?}",
+                    self.vsock.uds_path, self.run_dir
+                ))
+            })?
+            .to_path_buf();
+        create_private_dir(&dir)?;
+        Ok(dir)
+    }
+}
+
+/// `dir` and its missing parents, mode 0700.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), VmmError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| VmmError::Spawn {
+            what: "the VM (creating its socket directories)",
+            source,
+        })
+}
+
 fn require_file(what: &'static str, path: &Path) -> Result<(), VmmError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),

@@ -39,6 +39,7 @@ pub(crate) fn spawn(
         cmd,
         Stdout::Null,
         Some(OwnedFd::from(listener)),
+        None,
         log,
     )
 }

@@ -7,9 +7,9 @@
 //!   <container id>/rootfs   the container's rootfs as containerd describes it
 //!   <container id>/mounts/  bind-mount sources shared with the guest
 //! shared/                 virtio-fs export: a read-only view of host/ (a slave of it)
-//! vm/                     the VM's sockets: vsock.sock, vsock.sock_<port>, virtiofsd.sock
-//!                         (husk-vmm's /run, owned by its uid)
-//! vhost-vsock.sock        QEMU's vsock backend
+//! vm/                     the VM's sockets: vsock.sock, vsock.sock_<port>, virtiofsd.sock,
+//!                         vhost-vsock.sock (QEMU); husk-vmm's /run, owned by its uid; with
+//!                         QEMU 0711 and only the sockets QEMU connects to are its uid's
 //! vmm-root/               empty: husk-vmm mounts its jail root here, in its own namespace
 //! ```
 //!
@@ -20,7 +20,7 @@
 //! writable). This is the layout Kata adopted after CVE-2020-2026. Below `host/` the shim
 //! walks only with [`Beneath`], and unmounts with `UMOUNT_NOFOLLOW`.
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use husk_protocol::ROOTFS_DIR;
@@ -34,7 +34,8 @@ use crate::mounts::{self, MountError};
 /// connections.
 const MAX_SOCKET_PATH: usize = 100;
 /// The state tmpfs holds sockets, empty mount points and little else.
-const STATE_TMPFS_OPTIONS: &str = "mode=0700,size=4m,nr_inodes=4096";
+/// 0711: the unprivileged VMM may pass through to its socket directory, not list or change.
+const STATE_TMPFS_OPTIONS: &str = "mode=0711,size=4m,nr_inodes=4096";
 
 #[derive(Debug, Error)]
 pub enum PodDirError {
@@ -134,6 +135,13 @@ impl PodDir {
             errno,
         })?;
         create(&self.root)?;
+        // Traversable (not listable) for the VMM's uid on its way to vm/.
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o711)).map_err(
+            |source| PodDirError::Create {
+                path: self.root.clone(),
+                source,
+            },
+        )?;
         create(&self.host())?;
         create(&self.shared())?;
         create(&self.root.join("vm"))?;

@@ -1,5 +1,6 @@
-//! How a running pod's VMM is confined, read from /proc: what an attacker who takes over
-//! the VMM process through a device-model bug is left with.
+//! How a running pod's host processes are confined, read from /proc: what an attacker who
+//! takes over the VMM process through a device-model bug is left with, and where the pod's
+//! CPU and memory are charged.
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ fn status_field(pid: i32, key: &str) -> Result<String> {
 }
 
 #[test]
-fn the_vmm_runs_under_a_syscall_filter() -> Result<()> {
+fn the_vmm_runs_unprivileged_behind_a_syscall_filter() -> Result<()> {
     let bed = TestBed::start("confine", Runtime::Husk)?;
     let id = bed.id("idle");
     bed.run_detached(&id, &["sleep", "1000"])?;
@@ -37,7 +38,13 @@ fn the_vmm_runs_under_a_syscall_filter() -> Result<()> {
     let vmm = &vmms[0];
     // QEMU's -sandbox and husk-vmm's own filter are both seccomp filters (mode 2) behind
     // no_new_privs.
-    for (key, want) in [("Seccomp", "2"), ("NoNewPrivs", "1")] {
+    for (key, want) in [
+        ("Seccomp", "2"),
+        ("NoNewPrivs", "1"),
+        ("CapEff", "0000000000000000"),
+        ("CapPrm", "0000000000000000"),
+        ("Groups", ""),
+    ] {
         let got = status_field(vmm.pid, key)?;
         ensure!(
             got == want,
@@ -45,6 +52,25 @@ fn the_vmm_runs_under_a_syscall_filter() -> Result<()> {
             vmm.name()
         );
     }
+    // An unprivileged uid (and gid) of the pod's own, never root.
+    for key in ["Uid", "Gid"] {
+        let ids = status_field(vmm.pid, key)?;
+        ensure!(
+            ids.split_whitespace().all(|i| i != "0"),
+            "{}: {key} is {ids}",
+            vmm.name()
+        );
+    }
+    // The host's devices are out of sight: only the nodes a monitor needs.
+    let dev: Vec<String> = std::fs::read_dir(format!("/proc/{}/root/dev", vmm.pid))?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    let allowed = ["null", "zero", "urandom", "random", "kvm"];
+    ensure!(
+        !dev.is_empty() && dev.iter().all(|d| allowed.contains(&d.as_str())),
+        "{}: /dev holds {dev:?}",
+        vmm.name()
+    );
     bed.stop_detached(&id)?;
     bed.finish()?;
     Ok(())

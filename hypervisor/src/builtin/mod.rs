@@ -29,7 +29,6 @@ pub mod jail;
 pub mod kvm;
 pub mod seccomp;
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -205,7 +204,7 @@ impl Vmm for BuiltinVmm {
         chown_to(&fs_socket, config.jail.as_ref())?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--config").arg(&config_path);
-        let vmm = Supervised::spawn("husk-vmm", cmd, Stdout::Log, None, log)?;
+        let vmm = Supervised::spawn("husk-vmm", cmd, Stdout::Log, None, None, log)?;
         info!(log, "VM started"; "vmm" => self.name(), "pid" => vmm.pid(),
               "kernel" => config.kernel.display().to_string(),
               "vcpus" => spec.vcpus, "memory_mib" => spec.memory_mib,
@@ -225,29 +224,9 @@ struct JailDirs {
 
 impl JailDirs {
     fn of(spec: &VmSpec) -> Result<Self, VmmError> {
-        let sockets = spec
-            .vsock
-            .uds_path
-            .parent()
-            .filter(|p| *p != spec.run_dir && p.starts_with(&spec.run_dir))
-            .ok_or_else(|| {
-                VmmError::InvalidSpec(format!(
-                    "the vsock socket {:?} must be in a directory of its own below {:?}",
-                    spec.vsock.uds_path, spec.run_dir
-                ))
-            })?
-            .to_path_buf();
+        let sockets = spec.socket_dir()?;
         let root = spec.run_dir.join(JAIL_ROOT_DIR);
-        for dir in [&root, &sockets] {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| VmmError::Spawn {
-                    what: "husk-vmm (creating its jail directories)",
-                    source,
-                })?;
-        }
+        crate::spec::create_private_dir(&root)?;
         Ok(Self { root, sockets })
     }
 

@@ -1,9 +1,15 @@
 //! QEMU backend: `qemu-system-x86_64` with KVM where it can run standard guests, TCG
 //! (software emulation) elsewhere. The hybrid-vsock device runs in this process as a
 //! vhost-user backend; virtio-fs is served by a virtiofsd child.
+//!
+//! QEMU cannot jail itself as husk-vmm does (its `-runas` needs the set*id calls its own
+//! `-sandbox elevateprivileges=deny` forbids), so the shim confines it before exec
+//! ([`crate::child_confine`]): a private `/dev` with only the nodes it needs and a uid/gid
+//! of the pod's own, then QEMU's seccomp sandbox on top.
 
 mod args;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -14,6 +20,7 @@ use crate::vm_processes::VmProcesses;
 pub use args::{Accel, FALLBACK_TSC_KHZ, kernel_cmdline, qemu_args};
 
 use crate::child::{Stdout, Supervised};
+use crate::child_confine::Confinement;
 use crate::spec::VmSpec;
 use crate::virtiofsd;
 use crate::vmm::{VmHandle, Vmm, VmmError};
@@ -21,6 +28,9 @@ use crate::vsock::{VhostUserVsock, VhostUserVsockConfig};
 
 /// Socket names inside the VM's run directory.
 const VHOST_VSOCK_SOCKET: &str = "vhost-vsock.sock";
+/// Device nodes QEMU finds in its private `/dev` (random seeds, null input).
+const SHARED_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"];
+const KVM_DEVICE: &str = "/dev/kvm";
 const VIRTIOFSD_SOCKET: &str = "virtiofsd.sock";
 
 pub struct QemuVmm {
@@ -53,8 +63,17 @@ impl Vmm for QemuVmm {
 
     async fn launch(&self, spec: &VmSpec, log: &Logger) -> Result<Box<dyn VmHandle>, VmmError> {
         spec.validate()?;
-        let vhost_path = spec.run_dir.join(VHOST_VSOCK_SOCKET);
-        let fs_path = spec.run_dir.join(VIRTIOFSD_SOCKET);
+        // QEMU's sockets sit in the VM's socket directory, which its uid may enter (0711)
+        // but not change; each socket is its uid's.
+        let sockets = spec.socket_dir()?;
+        std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o711)).map_err(
+            |source| VmmError::Spawn {
+                what: "qemu (opening its socket directory to its uid)",
+                source,
+            },
+        )?;
+        let vhost_path = sockets.join(VHOST_VSOCK_SOCKET);
+        let fs_path = sockets.join(VIRTIOFSD_SOCKET);
         let vhost_listener =
             std::os::unix::net::UnixListener::bind(&vhost_path).map_err(|source| {
                 VmmError::Socket {
@@ -77,11 +96,29 @@ impl Vmm for QemuVmm {
         );
         vm.add_cleanup(Box::new(move || vsock.stop()));
         vm.add_helper(virtiofsd::spawn(&spec.shared_fs, &fs_path, log)?);
+        // QEMU runs as a uid of the pod's own; only it may connect to its two sockets.
+        let id = spec.vmm_ids.claim(&spec.name)?;
+        let uid = id.id();
+        for socket in [&vhost_path, &fs_path] {
+            std::os::unix::fs::chown(socket, Some(uid), Some(uid)).map_err(|source| {
+                VmmError::Spawn {
+                    what: "qemu (handing its sockets to its uid)",
+                    source,
+                }
+            })?;
+        }
+        // Released once QEMU is gone (cleanups run after the processes).
+        vm.add_cleanup(Box::new(move || drop(id)));
+        let own_devices: &[&str] = match self.accel {
+            Accel::Kvm => &[KVM_DEVICE],
+            Accel::Tcg { .. } => &[],
+        };
+        let confine = Confinement::new(uid, uid, SHARED_DEVICES, own_devices)?;
         let mut cmd = Command::new(&self.binary);
         cmd.args(qemu_args(spec, self.accel, &vhost_path, &fs_path));
-        let qemu = Supervised::spawn("qemu", cmd, Stdout::Log, None, log)?;
+        let qemu = Supervised::spawn("qemu", cmd, Stdout::Log, None, Some(confine), log)?;
         info!(log, "VM started"; "vmm" => self.name(), "pid" => qemu.pid(),
-              "vcpus" => spec.vcpus, "memory_mib" => spec.memory_mib);
+              "vcpus" => spec.vcpus, "memory_mib" => spec.memory_mib, "vmm_uid" => uid);
         vm.set_vmm(qemu);
         Ok(Box::new(vm))
     }
