@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use husk_tests::faults::write_sleeper_initrd;
-use husk_tests::{Artifacts, Backend, HuskConfig, Runtime, TestBed};
+use husk_tests::{Artifacts, Backend, HuskConfig, Runtime, TestBed, TestScope};
 
 /// The generated config with `change` applied.
 fn config_with(change: impl FnOnce(&mut HuskConfig)) -> Result<HuskConfig> {
@@ -85,7 +85,10 @@ fn missing_hypervisor_is_named() -> Result<()> {
 
 #[test]
 fn silent_agent_times_out() -> Result<()> {
-    let initrd = husk_kernel_config::cache_root()?.join("fixtures/sleeper-initrd.img");
+    // Not in the kernel cache under /root: QEMU runs as an unprivileged uid and must be able
+    // to read the initramfs, as it can the installed /usr/share/husk.
+    let fixture = TestScope::new("sleeper-initrd")?;
+    let initrd = fixture.dir().join("sleeper-initrd.img");
     write_sleeper_initrd(&initrd)?;
     let cfg = config_with(|c| {
         c.hypervisor.initrd = initrd.clone();

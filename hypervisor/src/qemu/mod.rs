@@ -63,6 +63,12 @@ impl Vmm for QemuVmm {
 
     async fn launch(&self, spec: &VmSpec, log: &Logger) -> Result<Box<dyn VmHandle>, VmmError> {
         spec.validate()?;
+        for (what, path) in [
+            ("guest kernel", &spec.kernel),
+            ("guest initramfs", &spec.initrd),
+        ] {
+            readable_by_any_uid(what, path)?;
+        }
         // QEMU's sockets sit in the VM's socket directory, which its uid may enter (0711)
         // but not change; each socket is its uid's.
         let sockets = spec.socket_dir()?;
@@ -124,6 +130,31 @@ impl Vmm for QemuVmm {
     }
 }
 
+/// QEMU opens the kernel and initramfs as its unprivileged uid: the file must be readable,
+/// and every directory above it searchable, by others.
+fn readable_by_any_uid(what: &'static str, path: &Path) -> Result<(), VmmError> {
+    let refuse = |at: &Path| VmmError::MissingFile {
+        what,
+        path: path.to_path_buf(),
+        reason: format!(
+            "QEMU runs as an unprivileged uid and cannot read it ({at:?} is not open to others); make the file world-readable and its directories world-searchable, as the installed /usr/share/husk is"
+        ),
+    };
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode()).ok();
+    if mode(path).is_none_or(|m| m & 0o004 == 0) {
+        return Err(refuse(path));
+    }
+    for dir in path.ancestors().skip(1) {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        if mode(dir).is_none_or(|m| m & 0o001 == 0) {
+            return Err(refuse(dir));
+        }
+    }
+    Ok(())
+}
+
 fn resolve_binary(name: &str) -> Result<PathBuf, VmmError> {
     let candidates: Vec<PathBuf> = if name.contains('/') {
         vec![PathBuf::from(name)]
@@ -153,6 +184,30 @@ fn is_executable(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_qemu_cannot_read_is_named_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let image = open.join("initrd.img");
+        std::fs::write(&image, "").unwrap();
+        std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
+        readable_by_any_uid("guest initramfs", &image).unwrap();
+        std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = readable_by_any_uid("guest initramfs", &image)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unprivileged uid") && err.contains("initrd.img"),
+            "{err}"
+        );
+        std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(readable_by_any_uid("guest initramfs", &image).is_err());
+    }
 
     #[test]
     fn resolves_names_on_path_and_reports_missing() {
