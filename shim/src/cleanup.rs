@@ -23,6 +23,8 @@ use crate::start::{grouping_id, socket_path};
 
 /// Exit status reported for a container whose shim died (as if SIGKILLed).
 const DEAD_SHIM_EXIT_STATUS: u32 = 137;
+/// How long a shim's socket must keep answering for `delete` to leave the pod alone.
+const DYING_SHIM_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub fn run(args: &Args) -> Result<()> {
     let bundle = if args.bundle.is_empty() {
@@ -33,7 +35,7 @@ pub fn run(args: &Args) -> Result<()> {
     let log = crate::logger::stderr_logger(args.debug);
     let group = grouping_id(&bundle, &args.id);
     let socket = socket_path(&args.address, &args.namespace, &group);
-    if socket.exists() && UnixStream::connect(&socket).is_ok() {
+    if still_serving(&socket) {
         warn!(log, "the pod's shim is still serving; leaving its socket"; "socket" => %socket.display());
     } else {
         if remove_dead_socket(&socket) {
@@ -73,6 +75,22 @@ fn remove_pod_cgroup(bundle: &Path, sandbox_id: &str, log: &slog::Logger) {
         Ok((path, true)) => info!(log, "removed the pod cgroup of a dead shim"; "cgroup" => path),
         Ok((_, false)) => {}
         Err(e) => warn!(log, "removing the pod cgroup of a dead shim"; "error" => %e),
+    }
+}
+
+/// Whether a live shim answers on `socket`. containerd runs `delete` right after the shim
+/// disconnected, when a killed shim may still be closing its descriptors: its listener can
+/// accept for a few more milliseconds. Only a listener that keeps answering counts.
+fn still_serving(socket: &Path) -> bool {
+    let deadline = std::time::Instant::now() + DYING_SHIM_GRACE;
+    loop {
+        if !socket.exists() || UnixStream::connect(socket).is_err() {
+            return false;
+        }
+        if std::time::Instant::now() >= deadline {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
