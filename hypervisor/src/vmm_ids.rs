@@ -110,6 +110,26 @@ impl IdRange {
     }
 }
 
+/// Removes the claim files no live pod holds (a shim killed before it released its id):
+/// for `delete`, after a shim died. Returns how many went.
+pub fn sweep_stale(lock_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(lock_dir) else {
+        return 0;
+    };
+    let mut swept = 0;
+    for id in entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    {
+        // Taking the lock proves nobody holds it; dropping the claim removes the file.
+        if let Ok(Some(claim)) = try_claim(lock_dir, id) {
+            drop(claim);
+            swept += 1;
+        }
+    }
+    swept
+}
+
 /// `Ok(None)` when another pod holds `id`.
 fn try_claim(dir: &Path, id: u32) -> Result<Option<IdClaim>, IdError> {
     let path = dir.join(id.to_string());
@@ -173,6 +193,20 @@ mod tests {
             std::fs::read_dir(dir.path().join("ids")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn stale_claims_are_swept_held_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = range(dir.path(), 1);
+        let held = r.claim("pod-a").unwrap();
+        // What a killed shim leaves: the file, with no lock on it.
+        std::fs::write(r.lock_dir.join("1000003"), "").unwrap();
+        std::fs::write(r.lock_dir.join("not-an-id"), "").unwrap();
+        assert_eq!(sweep_stale(&r.lock_dir), 1);
+        assert!(r.lock_dir.join(held.id().to_string()).exists());
+        assert!(!r.lock_dir.join("1000003").exists());
+        assert!(r.lock_dir.join("not-an-id").exists());
     }
 
     #[test]

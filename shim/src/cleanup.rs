@@ -17,7 +17,7 @@ use containerd_shim_protos::protobuf::{Message, MessageField};
 use slog::{info, warn};
 
 use crate::args::Args;
-use crate::config::{Config, RuntimeConfig};
+use crate::config::{Config, JailSettings, RuntimeConfig};
 use crate::pod_cgroup;
 use crate::start::{grouping_id, socket_path};
 
@@ -41,9 +41,17 @@ pub fn run(args: &Args) -> Result<()> {
         if remove_dead_socket(&socket) {
             info!(log, "removed the socket of a dead shim"; "socket" => %socket.display());
         }
-        // The pod's cgroup goes with its sandbox container.
+        // The pod's cgroup goes with its sandbox container, and so does a monitor id the
+        // dead shim could not release.
         if group == args.id {
             remove_pod_cgroup(&bundle, &group, &log);
+            let locks = Config::resolve(None)
+                .map(|(c, _)| c.hypervisor.jail.id_lock_dir)
+                .unwrap_or_else(|_| JailSettings::default().id_lock_dir);
+            let swept = husk_hypervisor::vmm_ids::sweep_stale(&locks);
+            if swept > 0 {
+                info!(log, "removed monitor id claims of dead shims"; "count" => swept);
+            }
         }
     }
     let mut r = DeleteResponse::new();
