@@ -57,6 +57,7 @@ fn main() -> ExitCode {
     let config = VhostUserVsockConfig {
         guest_cid,
         uds_path: PathBuf::from(uds_path),
+        leave_socket_file: false,
     };
     let vsock = match VhostUserVsock::start(config, listener, log) {
         Ok(vsock) => vsock,

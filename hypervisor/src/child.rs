@@ -13,7 +13,6 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
-use crate::child_confine::Confinement;
 use crate::vmm::VmmError;
 
 /// Lines of stderr kept for error messages.
@@ -42,14 +41,12 @@ pub(crate) enum Stdout {
 
 impl Supervised {
     /// Spawns `cmd`. `inherit` is an fd the child receives as fd 3 (a pre-bound listener);
-    /// no other descriptor above stderr survives the exec. `confine` is applied before
-    /// anything else in the child.
+    /// no other descriptor above stderr survives the exec.
     pub(crate) fn spawn(
         role: &'static str,
         mut cmd: Command,
         stdout: Stdout,
         inherit: Option<OwnedFd>,
-        confine: Option<Confinement>,
         log: &Logger,
     ) -> Result<Self, VmmError> {
         cmd.stdin(Stdio::null())
@@ -63,15 +60,10 @@ impl Supervised {
         let parent = std::process::id();
         let first_closed: u32 = if inherit_raw.is_some() { 4 } else { 3 };
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // syscalls (those of `Confinement::apply`, prctl, getppid, dup2, fcntl, kill,
-        // close_range) on fds it owns.
+        // syscalls (prctl, getppid, dup2, fcntl, kill, close_range) on fds it owns.
         unsafe {
             cmd.as_std_mut().pre_exec(move || {
-                if let Some(c) = &confine {
-                    c.apply()?;
-                }
-                // Die with the shim: a stray VM must never outlive its pod. (After the
-                // credential change, which would clear it.)
+                // Die with the shim: a stray VM must never outlive its pod.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -298,7 +290,7 @@ mod tests {
         let log = Logger::root(slog::Discard, slog::o!());
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo boom >&2; exit 3"]);
-        let child = Supervised::spawn("test", cmd, Stdout::Null, None, None, &log).unwrap();
+        let child = Supervised::spawn("test", cmd, Stdout::Null, None, &log).unwrap();
         let status = child.stop(Duration::from_secs(5)).await;
         assert_eq!(status.code(), Some(3));
         // stderr forwarding races the exit; give it a moment.
@@ -316,7 +308,7 @@ mod tests {
         let log = Logger::root(slog::Discard, slog::o!());
         let mut cmd = Command::new("sleep");
         cmd.arg("100");
-        let child = Supervised::spawn("sleeper", cmd, Stdout::Null, None, None, &log).unwrap();
+        let child = Supervised::spawn("sleeper", cmd, Stdout::Null, None, &log).unwrap();
         let status = child.stop(Duration::from_millis(50)).await;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
         assert!(child.has_exited());

@@ -7,9 +7,9 @@
 
 pub mod builtin;
 mod child;
-mod child_confine;
 pub mod fd_passing;
 pub mod hybrid_client;
+pub mod jail;
 pub mod probe;
 pub mod qemu;
 pub mod select;

@@ -72,23 +72,14 @@ pub fn select_with(
                 emulated: false,
             });
         }
-        (BackendChoice::Auto, KvmSupport::Usable) => match BuiltinVmm::new(vmm_path) {
-            Ok(vmm) => {
-                return Ok(Selection {
-                    vmm: Box::new(vmm),
-                    reason: "backend=auto: KVM can run standard guests here: husk's microVM monitor (husk-vmm)".into(),
-                    emulated: false,
-                });
-            }
-            Err(e) => {
-                let q = QemuVmm::new(qemu_path, Accel::Kvm)?;
-                return Ok(Selection {
-                    vmm: Box::new(q),
-                    reason: format!("backend=auto: KVM is usable but {e}: QEMU with KVM"),
-                    emulated: false,
-                });
-            }
-        },
+        // husk-vmm is also the jail QEMU runs in: without it there is no backend at all.
+        (BackendChoice::Auto, KvmSupport::Usable) => {
+            return Ok(Selection {
+                vmm: Box::new(BuiltinVmm::new(vmm_path)?),
+                reason: "backend=auto: KVM can run standard guests here: husk's microVM monitor (husk-vmm)".into(),
+                emulated: false,
+            });
+        }
         _ => {}
     }
     let (accel, reason) = match kvm {
@@ -116,7 +107,7 @@ pub fn select_with(
     };
     Ok(Selection {
         emulated: matches!(accel, Accel::Tcg { .. }),
-        vmm: Box::new(QemuVmm::new(qemu_path, accel)?),
+        vmm: Box::new(QemuVmm::new(qemu_path, vmm_path, accel)?),
         reason,
     })
 }
@@ -189,17 +180,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.vmm.name(), "builtin");
-        // Without the monitor binary, auto still runs pods: QEMU with KVM.
-        let s = select_with(
-            BackendChoice::Auto,
-            "sh",
-            "/nonexistent/husk-vmm",
-            SoftwareEmulation::Refused,
-            &usable_probe(d.path()),
-        )
-        .unwrap();
-        assert_eq!(s.vmm.name(), "qemu-kvm");
-        assert!(s.reason.contains("husk-vmm"), "{}", s.reason);
+        // Without the monitor binary there is no backend: QEMU runs in husk-vmm's jail.
+        for choice in [BackendChoice::Auto, BackendChoice::Qemu] {
+            let err = select_with(
+                choice,
+                "sh",
+                "/nonexistent/husk-vmm",
+                SoftwareEmulation::Allowed,
+                &usable_probe(d.path()),
+            )
+            .err()
+            .unwrap();
+            assert!(err.to_string().contains("/nonexistent/husk-vmm"), "{err}");
+        }
     }
 
     #[test]

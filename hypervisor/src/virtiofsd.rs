@@ -39,7 +39,6 @@ pub(crate) fn spawn(
         cmd,
         Stdout::Null,
         Some(OwnedFd::from(listener)),
-        None,
         log,
     )
 }

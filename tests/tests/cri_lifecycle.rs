@@ -6,6 +6,8 @@
 
 mod cri_common;
 
+use std::os::unix::fs::MetadataExt;
+
 use anyhow::{Context, Result, ensure};
 use cri_common::{
     exec_ok, running, shared_view, stop_and_remove_container, stop_and_remove_pod, wait_no_vmm,
@@ -50,9 +52,12 @@ fn lifecycle(flavour: ContainerdFlavour) -> Result<()> {
         "expected one QEMU for pod {pod}, found {}",
         vmms.len()
     );
+    // QEMU names the kernel by where its jail shows it; that file is the config's kernel.
     let kernel = Artifacts::from_env()?.kernel();
+    let booted = std::fs::metadata(format!("/proc/{}/root/boot/kernel", vmms[0].pid))?;
+    let wanted = std::fs::metadata(&kernel)?;
     ensure!(
-        vmms[0].argv.iter().any(|a| a == &kernel.to_string_lossy()),
+        (booted.dev(), booted.ino()) == (wanted.dev(), wanted.ino()),
         "the pod VM does not boot the kernel of ConfigPath {} ({}): {}",
         w.husk_config().display(),
         kernel.display(),

@@ -2,10 +2,13 @@
 //! takes over the VMM process through a device-model bug is left with, and where the pod's
 //! CPU and memory are charged.
 
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use husk_tests::procfs::snapshot;
+use husk_tests::procfs::{ProcInfo, snapshot};
 use husk_tests::{Runtime, TestBed};
 
 /// A `Key:\tvalue` line of `/proc/<pid>/status`.
@@ -19,57 +22,133 @@ fn status_field(pid: i32, key: &str) -> Result<String> {
         .with_context(|| format!("/proc/{pid}/status has no {key}"))
 }
 
-#[test]
-fn the_vmm_runs_unprivileged_behind_a_syscall_filter() -> Result<()> {
-    let bed = TestBed::start("confine", Runtime::Husk)?;
-    let id = bed.id("idle");
-    bed.run_detached(&id, &["sleep", "1000"])?;
-    bed.ctr()
-        .wait_task_status(&id, "RUNNING", Duration::from_secs(60))?;
-    let vmms: Vec<_> = snapshot()
+/// The processes that parse guest input: the monitor (QEMU, or husk-vmm running the VM)
+/// and, with QEMU, the vsock backend (`husk-vmm --vsock-backend`).
+fn guest_facing(id: &str) -> Vec<ProcInfo> {
+    snapshot()
         .into_iter()
         .filter(|p| {
             matches!(p.name().as_str(), "qemu-system-x86_64" | "husk-vmm")
-                && p.mentions(&id)
+                && p.mentions(id)
                 && !p.is_zombie()
         })
-        .collect();
-    ensure!(vmms.len() == 1, "expected one VMM for {id}: {vmms:?}");
-    let vmm = &vmms[0];
-    // QEMU's -sandbox and husk-vmm's own filter are both seccomp filters (mode 2) behind
+        .collect()
+}
+
+fn list(dir: &Path) -> Result<BTreeSet<String>> {
+    std::fs::read_dir(dir)
+        .with_context(|| format!("listing {dir:?}"))?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect()
+}
+
+/// What one guest-facing process is left with: no privilege, its own namespaces, and a
+/// root that shows nothing of the host but what it needs. Returns its uid.
+fn check_confined(p: &ProcInfo) -> Result<String> {
+    let who = format!("{} ({})", p.cmdline(), p.pid);
+    // QEMU's -sandbox and husk's own filters are both seccomp filters (mode 2) behind
     // no_new_privs.
     for (key, want) in [
         ("Seccomp", "2"),
         ("NoNewPrivs", "1"),
         ("CapEff", "0000000000000000"),
         ("CapPrm", "0000000000000000"),
+        ("CapBnd", "0000000000000000"),
         ("Groups", ""),
     ] {
-        let got = status_field(vmm.pid, key)?;
-        ensure!(
-            got == want,
-            "{}: {key} is {got}, expected {want}",
-            vmm.name()
-        );
+        let got = status_field(p.pid, key)?;
+        ensure!(got == want, "{who}: {key} is {got}, expected {want}");
     }
     // An unprivileged uid (and gid) of the pod's own, never root.
     for key in ["Uid", "Gid"] {
-        let ids = status_field(vmm.pid, key)?;
+        let ids = status_field(p.pid, key)?;
         ensure!(
             ids.split_whitespace().all(|i| i != "0"),
-            "{}: {key} is {ids}",
-            vmm.name()
+            "{who}: {key} is {ids}"
         );
     }
-    // The host's devices are out of sight: only the nodes a monitor needs.
-    let dev: Vec<String> = std::fs::read_dir(format!("/proc/{}/root/dev", vmm.pid))?
-        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_>>()?;
-    let allowed = ["null", "zero", "urandom", "random", "kvm"];
+    for ns in ["mnt", "net", "ipc", "uts"] {
+        let theirs = std::fs::read_link(format!("/proc/{}/ns/{ns}", p.pid))?;
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}"))?;
+        ensure!(theirs != ours, "{who} shares the host's {ns} namespace");
+    }
+    let root = PathBuf::from(format!("/proc/{}/root", p.pid));
+    let (theirs, host) = (std::fs::metadata(&root)?, std::fs::metadata("/")?);
     ensure!(
-        !dev.is_empty() && dev.iter().all(|d| allowed.contains(&d.as_str())),
-        "{}: /dev holds {dev:?}",
-        vmm.name()
+        (theirs.dev(), theirs.ino()) != (host.dev(), host.ino()),
+        "{who}: its root is the host's /"
+    );
+    // At most: the system's program directories (QEMU), the linker cache, /boot, /dev,
+    // /run. Never the host's state, homes, temporary files, /proc or /sys.
+    let top = list(&root)?;
+    let allowed = [
+        "bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "run", "sbin", "usr",
+    ];
+    ensure!(
+        top.iter().all(|e| allowed.contains(&e.as_str())),
+        "{who}: its root holds {top:?}"
+    );
+    if top.contains("etc") {
+        let etc = list(&root.join("etc"))?;
+        ensure!(
+            etc == BTreeSet::from(["ld.so.cache".to_string()]),
+            "{who}: /etc holds {etc:?}"
+        );
+    }
+    if top.contains("dev") {
+        let dev = list(&root.join("dev"))?;
+        let nodes = ["null", "zero", "urandom", "random", "kvm"];
+        ensure!(
+            dev.iter().all(|d| nodes.contains(&d.as_str())),
+            "{who}: /dev holds {dev:?}"
+        );
+    }
+    // Its /run is its own socket directory: never the pod's shared directory or state.
+    let run = list(&root.join("run"))?;
+    ensure!(
+        run.iter().all(|f| f.ends_with(".sock")),
+        "{who}: /run holds {run:?}"
+    );
+    // No descriptor it was not given: nothing open on the host's filesystem.
+    for entry in std::fs::read_dir(format!("/proc/{}/fd", p.pid))? {
+        let entry = entry?;
+        let target = std::fs::read_link(entry.path())?
+            .to_string_lossy()
+            .into_owned();
+        let expected = ["pipe:", "socket:", "anon_inode:", "/memfd:", "/dev/"]
+            .iter()
+            .any(|prefix| target.starts_with(prefix));
+        ensure!(expected, "{who}: fd {:?} -> {target}", entry.file_name());
+    }
+    status_field(p.pid, "Uid")
+}
+
+#[test]
+fn every_guest_facing_process_is_jailed_unprivileged_and_filtered() -> Result<()> {
+    let bed = TestBed::start("confine", Runtime::Husk)?;
+    let id = bed.id("idle");
+    bed.run_detached(&id, &["sleep", "1000"])?;
+    bed.ctr()
+        .wait_task_status(&id, "RUNNING", Duration::from_secs(60))?;
+    let procs = guest_facing(&id);
+    let vmm = procs
+        .iter()
+        .filter(|p| !p.argv.iter().any(|a| a == "--vsock-backend"))
+        .count();
+    ensure!(vmm == 1, "expected one VMM for {id}: {procs:?}");
+    let qemu = procs.iter().any(|p| p.name() == "qemu-system-x86_64");
+    // QEMU's vsock device is a process of its own; husk-vmm serves vsock itself.
+    ensure!(
+        procs.len() == if qemu { 2 } else { 1 },
+        "guest-facing processes of {id}: {procs:?}"
+    );
+    let mut uids = BTreeSet::new();
+    for p in &procs {
+        uids.insert(check_confined(p)?);
+    }
+    ensure!(
+        uids.len() == procs.len(),
+        "the VMM and the vsock backend share a uid: {uids:?}"
     );
     bed.stop_detached(&id)?;
     bed.finish()?;
@@ -122,6 +201,7 @@ fn every_host_process_of_a_pod_lives_in_the_pod_cgroup() -> Result<()> {
             matches!(p.name().as_str(), "qemu-system-x86_64" | "husk-vmm")
                 && p.mentions(&id)
                 && !p.is_zombie()
+                && !p.argv.iter().any(|a| a == "--vsock-backend")
         })
         .context("no VMM for the pod")?;
     let shim = procs
@@ -139,6 +219,14 @@ fn every_host_process_of_a_pod_lives_in_the_pod_cgroup() -> Result<()> {
         helpers.iter().any(|p| p.name() == "virtiofsd"),
         "no virtiofsd under the shim: {helpers:?}"
     );
+    if vmm.name() == "qemu-system-x86_64" {
+        ensure!(
+            helpers
+                .iter()
+                .any(|p| p.argv.iter().any(|a| a == "--vsock-backend")),
+            "no vsock backend under the shim: {helpers:?}"
+        );
+    }
     let pod = memory_cgroup(vmm.pid)?;
     ensure!(pod.ends_with(&format!("/{id}")), "VMM cgroup {pod}");
     ensure!(

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use husk_hypervisor::builtin::{BuiltinVmm, jail::MAX_OPEN_FILES};
+use husk_hypervisor::builtin::BuiltinVmm;
+use husk_hypervisor::jail::MAX_OPEN_FILES;
 use husk_hypervisor::{IdRange, SharedFsSpec, VmHandle, VmSpec, Vmm, VsockSpec};
 use husk_tests::{Artifacts, TestScope};
 

@@ -1,28 +1,56 @@
-//! `husk-vmm`: husk's built-in microVM monitor. Runs one VM described by a JSON file (written
-//! by the shim's `builtin` backend) until the guest stops, then exits with a status saying how
-//! it ended (see `husk_hypervisor::builtin`). The guest's serial console goes to stdout, the
-//! monitor's own log to stderr.
+//! `husk-vmm`: husk's built-in microVM monitor, and the jail for the other processes a pod
+//! runs for its guest. Each mode reads a JSON file the shim wrote:
 //!
-//! Usage: `husk-vmm --config <vm.json> [--log-level error|warn|info|debug]`
+//! - `--config <vm.json>`: run one VM until the guest stops, then exit with a status saying
+//!   how it ended (see `husk_hypervisor::builtin`). The guest's serial console goes to
+//!   stdout, the monitor's own log to stderr.
+//! - `--vsock-backend <backend.json>`: serve the hybrid-vsock device to QEMU over vhost-user
+//!   (listener on fd 3), jailed, until QEMU disconnects.
+//! - `--exec <exec.json>`: jail this process, then execute the program the file names (QEMU).
+//!
+//! Usage: `husk-vmm (--config F | --vsock-backend F | --exec F) [--log-level LEVEL]`
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use husk_hypervisor::builtin::{EXIT_SETUP_FAILED, EXIT_USAGE, VmConfig, builder, jail};
+use husk_hypervisor::builtin::{EXIT_SETUP_FAILED, EXIT_USAGE, VmConfig, builder};
+use husk_hypervisor::jail;
+use husk_hypervisor::jail::exec::ExecConfig;
+use husk_hypervisor::vsock::jailed_backend::{self, BackendConfig};
 use slog::{Drain, Level, Logger, error, info, o};
 
 fn usage(msg: &str) -> ! {
-    eprintln!("husk-vmm: {msg}\nusage: husk-vmm --config <vm.json> [--log-level LEVEL]");
+    eprintln!(
+        "husk-vmm: {msg}\nusage: husk-vmm (--config F | --vsock-backend F | --exec F) [--log-level LEVEL]"
+    );
     std::process::exit(EXIT_USAGE)
 }
 
-fn parse_args() -> (PathBuf, Level) {
-    let mut config = None;
+enum Mode {
+    Vm(PathBuf),
+    VsockBackend(PathBuf),
+    Exec(PathBuf),
+}
+
+fn parse_args() -> (Mode, Level) {
+    let mut mode = None;
     let mut level = Level::Info;
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
         match arg.to_str() {
-            Some("--config") => config = args.next().map(PathBuf::from),
+            Some(flag @ ("--config" | "--vsock-backend" | "--exec")) => {
+                let Some(file) = args.next().map(PathBuf::from) else {
+                    usage(&format!("{flag} needs a file"))
+                };
+                if mode.is_some() {
+                    usage("only one of --config, --vsock-backend, --exec")
+                }
+                mode = Some(match flag {
+                    "--config" => Mode::Vm(file),
+                    "--vsock-backend" => Mode::VsockBackend(file),
+                    _ => Mode::Exec(file),
+                });
+            }
             Some("--log-level") => {
                 let value = args
                     .next()
@@ -40,9 +68,9 @@ fn parse_args() -> (PathBuf, Level) {
             _ => usage(&format!("unexpected argument {arg:?}")),
         }
     }
-    match config {
-        Some(c) => (c, level),
-        None => usage("--config is required"),
+    match mode {
+        Some(m) => (m, level),
+        None => usage("one of --config, --vsock-backend, --exec is required"),
     }
 }
 
@@ -57,9 +85,39 @@ fn logger(level: Level) -> Logger {
 }
 
 fn main() {
-    let (config_path, level) = parse_args();
+    let (mode, level) = parse_args();
     let log = logger(level);
-    let config = match VmConfig::from_file(&config_path) {
+    match mode {
+        Mode::Vm(path) => run_vm(&path, log),
+        Mode::VsockBackend(path) => run_vsock_backend(&path, log),
+        Mode::Exec(path) => exec_jailed(&path, &log),
+    }
+}
+
+/// Serves QEMU's vsock device; exits 0 when QEMU disconnected.
+fn run_vsock_backend(path: &std::path::Path, log: Logger) -> ! {
+    let outcome = BackendConfig::from_file(path).and_then(|config| {
+        let log = log.new(o!("vm" => config.name.clone()));
+        jailed_backend::run(&config, &log)
+    });
+    match outcome {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            error!(log, "vsock backend failed"; "error" => %e);
+            std::process::exit(EXIT_SETUP_FAILED)
+        }
+    }
+}
+
+/// Returns only on failure (the program replaced this process).
+fn exec_jailed(path: &std::path::Path, log: &Logger) -> ! {
+    let Err(e) = ExecConfig::from_file(path).and_then(|config| config.run());
+    error!(log, "cannot start the program in its jail"; "error" => %e);
+    std::process::exit(EXIT_SETUP_FAILED)
+}
+
+fn run_vm(config_path: &std::path::Path, log: Logger) -> ! {
+    let config = match VmConfig::from_file(config_path) {
         Ok(c) => c,
         Err(e) => {
             error!(log, "cannot start the VM"; "error" => %e);
@@ -70,7 +128,7 @@ fn main() {
     // Before anything reads guest data: the jail. Paths in the config are host paths; the
     // VM is built from the ones inside the jail.
     let config = match &config.jail {
-        Some(jail_config) => match jail::enter(&config, jail_config) {
+        Some(jail_config) => match jail::enter_vm(&config, jail_config) {
             Ok(inner) => inner,
             Err(e) => {
                 error!(log, "cannot confine the monitor"; "error" => %e);

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::arch::CMDLINE_MAX_LEN;
 use super::devices::virtio::fs::MAX_TAG_LEN;
+pub use crate::jail::JailConfig;
 use crate::vsock::device::is_valid_guest_cid;
 
 /// Smallest guest the monitor accepts (kernel + initramfs + page tables).
@@ -39,20 +40,6 @@ pub struct VmConfig {
     /// [`super::jail`]). Without it the monitor runs as started: for tests and by hand.
     #[serde(default)]
     pub jail: Option<JailConfig>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JailConfig {
-    /// An empty host directory: the monitor mounts its new root on it, in a mount namespace
-    /// of its own, so nothing appears on the host.
-    pub root: PathBuf,
-    /// The host directory holding every socket the monitor serves or connects to (the
-    /// vsock and virtio-fs sockets must be in it); it is the jail's `/run`.
-    pub sockets: PathBuf,
-    /// Unprivileged ids the monitor switches to (non-zero; unique per pod).
-    pub uid: u32,
-    pub gid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,38 +139,17 @@ impl VmConfig {
                 return bad(format!("MAC of tap {} is a multicast address", n.tap));
             }
         }
-        match &self.jail {
-            Some(jail) => jail.validate(self),
-            None => Ok(()),
-        }
-    }
-}
-
-impl JailConfig {
-    fn validate(&self, vm: &VmConfig) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        for id in [self.uid, self.gid] {
-            if id == 0 || id == u32::MAX {
-                return bad(format!("jail uid/gid {id} is root or invalid"));
-            }
-        }
-        for dir in [&self.root, &self.sockets] {
-            if !dir.is_absolute() {
-                return bad(format!("jail directory {dir:?} is not absolute"));
-            }
-        }
-        let sockets = vm
+        let Some(jail) = &self.jail else {
+            return Ok(());
+        };
+        jail.validate().map_err(ConfigError::Invalid)?;
+        let sockets = self
             .vsock
             .iter()
             .map(|v| &v.uds_path)
-            .chain(vm.fs.iter().map(|f| &f.socket));
+            .chain(self.fs.iter().map(|f| &f.socket));
         for socket in sockets {
-            if socket.parent() != Some(self.sockets.as_path()) || socket.file_name().is_none() {
-                return bad(format!(
-                    "socket {socket:?} is not directly in the jail's socket directory {:?}",
-                    self.sockets
-                ));
-            }
+            jail.check_socket(socket).map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

@@ -25,7 +25,6 @@ pub mod config;
 pub mod device_manager;
 pub mod devices;
 mod exit_status;
-pub mod jail;
 pub mod kvm;
 pub mod seccomp;
 
@@ -127,7 +126,7 @@ pub fn preferred_kernel(kernel: &Path) -> PathBuf {
     }
 }
 
-fn locate_binary(name: &str) -> Result<PathBuf, VmmError> {
+pub(crate) fn locate_binary(name: &str) -> Result<PathBuf, VmmError> {
     let mut candidates = Vec::new();
     if name.contains('/') {
         candidates.push(PathBuf::from(name));
@@ -204,7 +203,7 @@ impl Vmm for BuiltinVmm {
         chown_to(&fs_socket, config.jail.as_ref())?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--config").arg(&config_path);
-        let vmm = Supervised::spawn("husk-vmm", cmd, Stdout::Log, None, None, log)?;
+        let vmm = Supervised::spawn("husk-vmm", cmd, Stdout::Log, None, log)?;
         info!(log, "VM started"; "vmm" => self.name(), "pid" => vmm.pid(),
               "kernel" => config.kernel.display().to_string(),
               "vcpus" => spec.vcpus, "memory_mib" => spec.memory_mib,

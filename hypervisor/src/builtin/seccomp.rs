@@ -21,6 +21,12 @@
 //!   leaves only the pod's socket directory to connect to), `sendmsg`/`recvmsg`/`sendto`/
 //!   `recvfrom`, `shutdown`, `get`/`setsockopt`; `ioctl` `FIONBIO` and `KVM_IRQ_LINE`.
 //!
+//! - the vsock backend QEMU uses (`husk-vmm --vsock-backend`, one filter for all its
+//!   threads): the device thread's calls without KVM, plus `clone` for threads only
+//!   (`CLONE_THREAD`; the vhost-user library starts its workers when QEMU connects) and
+//!   `prctl(PR_SET_NAME)` for their names. `clone3`, whose flags a filter cannot see, fails
+//!   with `ENOSYS` and the C library falls back to `clone`.
+//!
 //! Not there, on purpose: `open*`, `unlink*`, `mkdir`, `rename`, `execve*`, `clone*`/`fork`,
 //! `ptrace`, `mount`, `bind`, `listen`, `kill`, `setuid` and friends, `prctl`. The monitor
 //! never removes its sockets (the shim does), and exits without dropping its devices.
@@ -61,6 +67,8 @@ pub enum ThreadKind {
     Vcpu,
     /// The main thread: the event loop serving every device's host side.
     Device,
+    /// Every thread of the vhost-user vsock backend process that serves QEMU.
+    VsockBackend,
 }
 
 /// Allowed with any arguments, to every thread.
@@ -126,9 +134,27 @@ impl ThreadKind {
     fn syscalls(self) -> impl Iterator<Item = i64> {
         let own = match self {
             Self::Vcpu => VCPU,
-            Self::Device => DEVICE,
+            Self::Device | Self::VsockBackend => DEVICE,
         };
-        COMMON.iter().chain(own).copied()
+        let backend: &[i64] = match self {
+            Self::VsockBackend => &[libc::SYS_clone3],
+            _ => &[],
+        };
+        COMMON.iter().chain(own).chain(backend).copied()
+    }
+
+    /// Calls allowed only with the arguments [`conditional_rules`] checks.
+    fn conditional(self) -> &'static [i64] {
+        match self {
+            Self::Vcpu => &[libc::SYS_ioctl],
+            Self::Device => &[libc::SYS_ioctl, libc::SYS_socket],
+            Self::VsockBackend => &[
+                libc::SYS_ioctl,
+                libc::SYS_socket,
+                libc::SYS_clone,
+                libc::SYS_prctl,
+            ],
+        }
     }
 
     /// `ioctl` requests this kind makes after set-up.
@@ -143,6 +169,7 @@ impl ThreadKind {
                 KVM_IRQ_LINE(),
             ],
             Self::Device => vec![KVM_IRQ_LINE(), libc::FIONBIO],
+            Self::VsockBackend => vec![libc::FIONBIO],
         }
     }
 }
@@ -172,18 +199,43 @@ fn unix_stream_socket() -> Result<SeccompRule, seccompiler::BackendError> {
     ])
 }
 
+/// `clone` that creates a thread (the flags are its first argument on x86_64), never a
+/// process.
+fn thread_clone() -> Result<SeccompRule, seccompiler::BackendError> {
+    let thread = u64::try_from(libc::CLONE_THREAD).unwrap_or_default();
+    SeccompRule::new(vec![SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(thread),
+        thread,
+    )?])
+}
+
+fn conditional_rules(
+    kind: ThreadKind,
+    nr: i64,
+) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    match nr {
+        libc::SYS_ioctl => kind
+            .ioctl_requests()
+            .into_iter()
+            .map(|req| arg_equals(1, req))
+            .collect(),
+        libc::SYS_socket => Ok(vec![unix_stream_socket()?]),
+        libc::SYS_clone => Ok(vec![thread_clone()?]),
+        libc::SYS_prctl => Ok(vec![arg_equals(
+            0,
+            u64::try_from(libc::PR_SET_NAME).unwrap_or_default(),
+        )?]),
+        _ => Ok(Vec::new()),
+    }
+}
+
 fn build(kind: ThreadKind) -> Result<BpfProgram, seccompiler::BackendError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         kind.syscalls().map(|nr| (nr, Vec::new())).collect();
-    rules.insert(
-        libc::SYS_ioctl,
-        kind.ioctl_requests()
-            .into_iter()
-            .map(|req| arg_equals(1, req))
-            .collect::<Result<_, _>>()?,
-    );
-    if kind == ThreadKind::Device {
-        rules.insert(libc::SYS_socket, vec![unix_stream_socket()?]);
+    for &nr in kind.conditional() {
+        rules.insert(nr, conditional_rules(kind, nr)?);
     }
     let filter = SeccompFilter::new(
         rules,
@@ -205,7 +257,30 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
 pub fn install(kind: ThreadKind) -> Result<usize, SeccompError> {
     let program = program(kind)?;
     seccompiler::apply_filter(&program).map_err(|e| SeccompError::Install(kind, e))?;
-    Ok(kind.syscalls().count() + 1 + usize::from(kind == ThreadKind::Device))
+    Ok(kind.syscalls().count() + kind.conditional().len())
+}
+
+/// `clone3` fails with `ENOSYS` (its flags live in memory a filter cannot read), so thread
+/// creation takes `clone`, whose flags the allowlist checks.
+fn clone3_unavailable() -> Result<BpfProgram, seccompiler::BackendError> {
+    let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(u32::try_from(libc::ENOSYS).unwrap_or_default()),
+        TargetArch::x86_64,
+    )?;
+    BpfProgram::try_from(filter)
+}
+
+/// Restricts every thread of the process, running or started later, to the `kind`
+/// allowlist (for a process whose threads are not all its own: the vsock backend's).
+pub fn install_all_threads(kind: ThreadKind) -> Result<usize, SeccompError> {
+    let clone3 = clone3_unavailable().map_err(|e| SeccompError::Build(kind, e))?;
+    seccompiler::apply_filter_all_threads(&clone3).map_err(|e| SeccompError::Install(kind, e))?;
+    let program = program(kind)?;
+    seccompiler::apply_filter_all_threads(&program).map_err(|e| SeccompError::Install(kind, e))?;
+    Ok(kind.syscalls().count() + kind.conditional().len())
 }
 
 #[cfg(test)]

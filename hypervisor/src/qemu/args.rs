@@ -21,9 +21,7 @@ pub enum Accel {
 /// TSC frequency to announce when the host's is unknown (only used under TCG).
 pub const FALLBACK_TSC_KHZ: u64 = 2_400_000;
 
-/// QEMU's `-sandbox` setting. (`-runas`/`-chroot` are not used yet: QEMU 7.2's own
-/// `elevateprivileges=deny` filter kills its later `-runas` setuid, and a credential change
-/// clears the PDEATHSIG that ties QEMU's life to the shim's.)
+/// QEMU's `-sandbox` setting, on top of the jail it runs in (see [`super::jail`]).
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// husk's guest kernel parameters; `extra` (from the config) comes last so it can override.
@@ -42,7 +40,16 @@ pub fn kernel_cmdline(accel: Accel, extra: &str) -> String {
     cmdline
 }
 
-pub fn qemu_args(spec: &VmSpec, accel: Accel, vhost_vsock: &Path, virtiofsd: &Path) -> Vec<String> {
+/// The files QEMU opens, as it sees them (inside its jail).
+pub struct QemuPaths<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub vhost_vsock: &'a Path,
+    pub virtiofsd: &'a Path,
+}
+
+pub fn qemu_args(spec: &VmSpec, accel: Accel, paths: &QemuPaths<'_>) -> Vec<String> {
+    let (vhost_vsock, virtiofsd) = (paths.vhost_vsock, paths.virtiofsd);
     let (accel_name, cpu) = match accel {
         Accel::Kvm => ("kvm", "host"),
         Accel::Tcg { .. } => ("tcg", "max"),
@@ -79,8 +86,8 @@ pub fn qemu_args(spec: &VmSpec, accel: Accel, vhost_vsock: &Path, virtiofsd: &Pa
     // QEMU's own seccomp filter, in force before the guest runs: no obsolete syscalls, no
     // setuid/setgid, no fork/exec, no scheduler or resource changes.
     push(&["-sandbox", SANDBOX]);
-    push(&["-kernel", &spec.kernel.display().to_string()]);
-    push(&["-initrd", &spec.initrd.display().to_string()]);
+    push(&["-kernel", &paths.kernel.display().to_string()]);
+    push(&["-initrd", &paths.initrd.display().to_string()]);
     push(&["-append", &kernel_cmdline(accel, &spec.kernel_params)]);
     push(&[
         "-chardev",
@@ -151,6 +158,15 @@ mod tests {
         }
     }
 
+    fn paths() -> QemuPaths<'static> {
+        QemuPaths {
+            kernel: Path::new("/boot/kernel"),
+            initrd: Path::new("/boot/initrd"),
+            vhost_vsock: Path::new("/vv"),
+            virtiofsd: Path::new("/fs"),
+        }
+    }
+
     fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
         args.windows(2)
             .filter(|w| w[0] == flag)
@@ -160,12 +176,9 @@ mod tests {
 
     #[test]
     fn tcg_line_has_tsc_and_max_cpu() {
-        let a = qemu_args(
-            &spec(),
-            Accel::Tcg { tsc_khz: 2_600_000 },
-            Path::new("/vv"),
-            Path::new("/fs"),
-        );
+        let a = qemu_args(&spec(), Accel::Tcg { tsc_khz: 2_600_000 }, &paths());
+        assert_eq!(value_of(&a, "-kernel"), ["/boot/kernel"]);
+        assert_eq!(value_of(&a, "-initrd"), ["/boot/initrd"]);
         assert_eq!(value_of(&a, "-accel"), ["tcg"]);
         assert_eq!(value_of(&a, "-cpu"), ["max"]);
         let append = value_of(&a, "-append")[0];
@@ -180,13 +193,13 @@ mod tests {
     fn names_cannot_inject_options() {
         let mut s = spec();
         s.name = "a,b=c".into();
-        let a = qemu_args(&s, Accel::Kvm, Path::new("/vv"), Path::new("/fs"));
+        let a = qemu_args(&s, Accel::Kvm, &paths());
         assert_eq!(value_of(&a, "-name"), ["husk-a_b_c,debug-threads=on"]);
     }
 
     #[test]
     fn kvm_line_uses_host_cpu_without_tsc_hint() {
-        let a = qemu_args(&spec(), Accel::Kvm, Path::new("/vv"), Path::new("/fs"));
+        let a = qemu_args(&spec(), Accel::Kvm, &paths());
         assert_eq!(value_of(&a, "-accel"), ["kvm"]);
         assert_eq!(value_of(&a, "-cpu"), ["host"]);
         assert!(!value_of(&a, "-append")[0].contains("tsc_early_khz"));
@@ -194,7 +207,7 @@ mod tests {
 
     #[test]
     fn wires_both_vhost_user_devices() {
-        let a = qemu_args(&spec(), Accel::Kvm, Path::new("/vv"), Path::new("/fs"));
+        let a = qemu_args(&spec(), Accel::Kvm, &paths());
         let chardevs = value_of(&a, "-chardev");
         assert!(chardevs.contains(&"socket,id=vsock,path=/vv"));
         assert!(chardevs.contains(&"socket,id=fs,path=/fs"));

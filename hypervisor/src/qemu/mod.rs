@@ -1,14 +1,21 @@
 //! QEMU backend: `qemu-system-x86_64` with KVM where it can run standard guests, TCG
-//! (software emulation) elsewhere. The hybrid-vsock device runs in this process as a
-//! vhost-user backend; virtio-fs is served by a virtiofsd child.
+//! (software emulation) elsewhere. Three processes per VM besides the shim, each confined:
 //!
-//! QEMU cannot jail itself as husk-vmm does (its `-runas` needs the set*id calls its own
-//! `-sandbox elevateprivileges=deny` forbids), so the shim confines it before exec
-//! ([`crate::child_confine`]): a private `/dev` with only the nodes it needs and a uid/gid
-//! of the pod's own, then QEMU's seccomp sandbox on top.
+//! - QEMU, started by husk-vmm inside the jail husk's own monitor gets ([`jail`]; `husk-vmm
+//!   --exec`): an empty read-only root with only the system's program directories, a
+//!   private `/dev`, a uid of the pod's own, no capabilities; then QEMU's own `-sandbox`;
+//! - the hybrid-vsock device as a vhost-user backend (`husk-vmm --vsock-backend`, jailed
+//!   with its own uid and seccomp filter; [`crate::vsock::jailed_backend`]);
+//! - virtiofsd with its namespace sandbox.
+//!
+//! Sockets: QEMU's directory (`qemu/`, root's, mode 0711, the jail's `/run`) holds the two
+//! vhost-user sockets the shim binds and hands to QEMU's uid; the vsock socket directory
+//! (`vm/`) belongs to the backend's uid, which creates the hybrid socket there.
 
 mod args;
+mod jail;
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -17,32 +24,47 @@ use slog::{Logger, info};
 use tokio::process::Command;
 
 use crate::vm_processes::VmProcesses;
-pub use args::{Accel, FALLBACK_TSC_KHZ, kernel_cmdline, qemu_args};
+pub use args::{Accel, FALLBACK_TSC_KHZ, QemuPaths, kernel_cmdline, qemu_args};
 
+use crate::builtin::locate_binary;
 use crate::child::{Stdout, Supervised};
-use crate::child_confine::Confinement;
-use crate::spec::VmSpec;
+use crate::jail::exec::ExecConfig;
+use crate::jail::{INITRD_PATH, JailConfig, KERNEL_PATH, in_socket_dir};
+use crate::spec::{VmSpec, create_private_dir};
 use crate::virtiofsd;
 use crate::vmm::{VmHandle, Vmm, VmmError};
-use crate::vsock::{VhostUserVsock, VhostUserVsockConfig};
+use crate::vmm_ids::IdClaim;
+use crate::vsock::jailed_backend::BackendConfig;
 
-/// Socket names inside the VM's run directory.
+/// Names inside the VM's run directory.
+const QEMU_SOCKET_DIR: &str = "qemu";
+const QEMU_ROOT_DIR: &str = "qemu-root";
+const BACKEND_ROOT_DIR: &str = "vsock-root";
+const QEMU_CONFIG: &str = "qemu-exec.json";
+const BACKEND_CONFIG: &str = "vsock-backend.json";
 const VHOST_VSOCK_SOCKET: &str = "vhost-vsock.sock";
-/// Device nodes QEMU finds in its private `/dev` (random seeds, null input).
-const SHARED_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"];
-const KVM_DEVICE: &str = "/dev/kvm";
 const VIRTIOFSD_SOCKET: &str = "virtiofsd.sock";
+/// QEMU's only environment variable: the pod's run directory.
+pub const POD_DIR_ENV: &str = "HUSK_POD_DIR";
 
 pub struct QemuVmm {
     binary: PathBuf,
+    /// husk-vmm: QEMU's jail and its vsock backend.
+    jailer: PathBuf,
     accel: Accel,
 }
 
 impl QemuVmm {
-    /// `binary` is a path or a name looked up on `PATH`.
-    pub fn new(binary: &str, accel: Accel) -> Result<Self, VmmError> {
+    /// `binary` is a path or a name looked up on `PATH`; `jailer` is husk-vmm, a path or a
+    /// name looked up beside the running executable and on `PATH`.
+    pub fn new(binary: &str, jailer: &str, accel: Accel) -> Result<Self, VmmError> {
+        let binary = resolve_binary(binary)?;
+        // The jail shows the real directories: a binary reached through a link is named by
+        // its real path.
+        let binary = std::fs::canonicalize(&binary).unwrap_or(binary);
         Ok(Self {
-            binary: resolve_binary(binary)?,
+            binary,
+            jailer: locate_binary(jailer)?,
             accel,
         })
     }
@@ -67,19 +89,29 @@ impl Vmm for QemuVmm {
             ("guest kernel", &spec.kernel),
             ("guest initramfs", &spec.initrd),
         ] {
-            readable_by_any_uid(what, path)?;
+            readable_by_others(what, path)?;
         }
-        // QEMU's sockets sit in the VM's socket directory, which its uid may enter (0711)
-        // but not change; each socket is its uid's.
-        let sockets = spec.socket_dir()?;
-        std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o711)).map_err(
-            |source| VmmError::Spawn {
-                what: "qemu (opening its socket directory to its uid)",
-                source,
-            },
-        )?;
-        let vhost_path = sockets.join(VHOST_VSOCK_SOCKET);
-        let fs_path = sockets.join(VIRTIOFSD_SOCKET);
+        let dirs = Dirs::create(spec)?;
+        let qemu_id = spec.vmm_ids.claim(&spec.name)?;
+        let backend_id = spec.vmm_ids.claim(&format!("{}/vsock", spec.name))?;
+        let vhost_path = dirs.qemu_sockets.join(VHOST_VSOCK_SOCKET);
+        let fs_path = dirs.qemu_sockets.join(VIRTIOFSD_SOCKET);
+        let qemu_config = spec.run_dir.join(QEMU_CONFIG);
+        let backend_config = spec.run_dir.join(BACKEND_CONFIG);
+        let mut vm = VmProcesses::new(
+            &spec.vsock.uds_path,
+            vec![
+                vhost_path.clone(),
+                fs_path.clone(),
+                qemu_config.clone(),
+                backend_config.clone(),
+            ],
+            crate::child::describe,
+        );
+        let (qemu_uid, backend_uid) = (qemu_id.id(), backend_id.id());
+        // Runs once every process is gone and the files are removed.
+        let own_dirs = dirs.clone();
+        vm.add_cleanup(Box::new(move || own_dirs.remove([qemu_id, backend_id])));
         let vhost_listener =
             std::os::unix::net::UnixListener::bind(&vhost_path).map_err(|source| {
                 VmmError::Socket {
@@ -87,70 +119,148 @@ impl Vmm for QemuVmm {
                     source,
                 }
             })?;
-        let vsock = VhostUserVsock::start(
-            VhostUserVsockConfig {
-                guest_cid: spec.vsock.guest_cid,
-                uds_path: spec.vsock.uds_path.clone(),
+        let backend = BackendConfig {
+            name: spec.name.clone(),
+            guest_cid: spec.vsock.guest_cid,
+            uds_path: spec.vsock.uds_path.clone(),
+            jail: JailConfig {
+                root: spec.run_dir.join(BACKEND_ROOT_DIR),
+                sockets: spec.socket_dir()?,
+                uid: backend_uid,
+                gid: backend_uid,
             },
-            vhost_listener,
-            log.new(slog::o!("device" => "vsock")),
-        )?;
-        let mut vm = VmProcesses::new(
-            &spec.vsock.uds_path,
-            vec![vhost_path.clone(), fs_path.clone()],
-            crate::child::describe,
-        );
-        vm.add_cleanup(Box::new(move || vsock.stop()));
+        };
+        backend
+            .validate()
+            .map_err(|e| VmmError::InvalidSpec(e.to_string()))?;
+        // The backend creates the hybrid socket in its directory, as its own uid.
+        chown(&backend.jail.sockets, backend_uid, "the vsock backend")?;
+        write_config(&backend_config, backend.to_json(), "the vsock backend")?;
+        let mut cmd = Command::new(&self.jailer);
+        cmd.arg("--vsock-backend").arg(&backend_config);
+        let listener = OwnedFd::from(vhost_listener);
+        vm.add_helper(Supervised::spawn(
+            "vsock-backend",
+            cmd,
+            Stdout::Null,
+            Some(listener),
+            log,
+        )?);
         vm.add_helper(virtiofsd::spawn(&spec.shared_fs, &fs_path, log)?);
         // QEMU runs as a uid of the pod's own; only it may connect to its two sockets.
-        let id = spec.vmm_ids.claim(&spec.name)?;
-        let uid = id.id();
         for socket in [&vhost_path, &fs_path] {
-            std::os::unix::fs::chown(socket, Some(uid), Some(uid)).map_err(|source| {
-                VmmError::Spawn {
-                    what: "qemu (handing its sockets to its uid)",
-                    source,
-                }
-            })?;
+            chown(socket, qemu_uid, "qemu")?;
         }
-        // Released once QEMU is gone (cleanups run after the processes).
-        vm.add_cleanup(Box::new(move || drop(id)));
-        let own_devices: &[&str] = match self.accel {
-            Accel::Kvm => &[KVM_DEVICE],
-            Accel::Tcg { .. } => &[],
-        };
-        let confine = Confinement::new(uid, uid, SHARED_DEVICES, own_devices)?;
-        let mut cmd = Command::new(&self.binary);
-        cmd.args(qemu_args(spec, self.accel, &vhost_path, &fs_path));
-        let qemu = Supervised::spawn("qemu", cmd, Stdout::Log, None, Some(confine), log)?;
+        let exec = self.exec_config(spec, &dirs, qemu_uid, &vhost_path, &fs_path);
+        exec.validate()
+            .map_err(|e| VmmError::InvalidSpec(e.to_string()))?;
+        write_config(&qemu_config, exec.to_json(), "qemu")?;
+        let mut cmd = Command::new(&self.jailer);
+        cmd.arg("--exec").arg(&qemu_config);
+        let qemu = Supervised::spawn("qemu", cmd, Stdout::Log, None, log)?;
         info!(log, "VM started"; "vmm" => self.name(), "pid" => qemu.pid(),
-              "vcpus" => spec.vcpus, "memory_mib" => spec.memory_mib, "vmm_uid" => uid);
+              "vcpus" => spec.vcpus, "memory_mib" => spec.memory_mib,
+              "vmm_uid" => qemu_uid, "vsock_backend_uid" => backend_uid);
         vm.set_vmm(qemu);
         Ok(Box::new(vm))
     }
 }
 
-/// QEMU opens the kernel and initramfs as its unprivileged uid: the file must be readable,
-/// and every directory above it searchable, by others.
-fn readable_by_any_uid(what: &'static str, path: &Path) -> Result<(), VmmError> {
-    let refuse = |at: &Path| VmmError::MissingFile {
-        what,
-        path: path.to_path_buf(),
-        reason: format!(
-            "QEMU runs as an unprivileged uid and cannot read it ({at:?} is not open to others); make the file world-readable and its directories world-searchable, as the installed /usr/share/husk is"
-        ),
-    };
-    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode()).ok();
-    if mode(path).is_none_or(|m| m & 0o004 == 0) {
-        return Err(refuse(path));
+impl QemuVmm {
+    fn exec_config(
+        &self,
+        spec: &VmSpec,
+        dirs: &Dirs,
+        uid: u32,
+        vhost: &Path,
+        fs: &Path,
+    ) -> ExecConfig {
+        let kvm = self.accel == Accel::Kvm;
+        let paths = QemuPaths {
+            kernel: Path::new(KERNEL_PATH),
+            initrd: Path::new(INITRD_PATH),
+            vhost_vsock: &in_socket_dir(vhost),
+            virtiofsd: &in_socket_dir(fs),
+        };
+        ExecConfig {
+            jail: JailConfig {
+                root: dirs.qemu_root.clone(),
+                sockets: dirs.qemu_sockets.clone(),
+                uid,
+                gid: uid,
+            },
+            contents: jail::contents(&self.binary, &spec.kernel, &spec.initrd, spec.vcpus, kvm),
+            program: self.binary.clone(),
+            args: qemu_args(spec, self.accel, &paths),
+            // Names the pod (its full id) for `ps e` and leak checks: QEMU's arguments hold
+            // only paths inside its jail and a shortened name.
+            env: vec![format!("{POD_DIR_ENV}={}", spec.run_dir.display())],
+        }
     }
-    for dir in path.ancestors().skip(1) {
-        if dir.as_os_str().is_empty() {
-            continue;
+}
+
+/// The VM's directories below its run directory: QEMU's sockets, and the empty mount
+/// points of the two jail roots.
+#[derive(Clone)]
+struct Dirs {
+    qemu_sockets: PathBuf,
+    qemu_root: PathBuf,
+    backend_root: PathBuf,
+}
+
+impl Dirs {
+    fn create(spec: &VmSpec) -> Result<Self, VmmError> {
+        let dirs = Self {
+            qemu_sockets: spec.run_dir.join(QEMU_SOCKET_DIR),
+            qemu_root: spec.run_dir.join(QEMU_ROOT_DIR),
+            backend_root: spec.run_dir.join(BACKEND_ROOT_DIR),
+        };
+        for dir in [&dirs.qemu_sockets, &dirs.qemu_root, &dirs.backend_root] {
+            create_private_dir(dir)?;
         }
-        if mode(dir).is_none_or(|m| m & 0o001 == 0) {
-            return Err(refuse(dir));
+        // QEMU's uid may enter its socket directory but not change it.
+        std::fs::set_permissions(&dirs.qemu_sockets, std::fs::Permissions::from_mode(0o711))
+            .map_err(|source| VmmError::Spawn {
+                what: "qemu (opening its socket directory to its uid)",
+                source,
+            })?;
+        Ok(dirs)
+    }
+
+    /// After the processes exited and their files are gone: the directories, then the ids.
+    fn remove(self, ids: [IdClaim; 2]) {
+        for dir in [&self.qemu_sockets, &self.qemu_root, &self.backend_root] {
+            let _ = std::fs::remove_dir(dir);
         }
+        drop(ids);
+    }
+}
+
+fn chown(path: &Path, uid: u32, who: &'static str) -> Result<(), VmmError> {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid))
+        .map_err(|source| VmmError::Spawn { what: who, source })
+}
+
+fn write_config<E: std::fmt::Display>(
+    path: &Path,
+    json: Result<String, E>,
+    who: &'static str,
+) -> Result<(), VmmError> {
+    let json = json.map_err(|e| VmmError::InvalidSpec(e.to_string()))?;
+    std::fs::write(path, json).map_err(|source| VmmError::Spawn { what: who, source })
+}
+
+/// QEMU opens the kernel and initramfs as its unprivileged uid. The jail binds them in as
+/// root, so the directories above them do not matter, but the file must be readable by
+/// others.
+fn readable_by_others(what: &'static str, path: &Path) -> Result<(), VmmError> {
+    let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).ok();
+    if mode.is_none_or(|m| m & 0o004 == 0) {
+        return Err(VmmError::MissingFile {
+            what,
+            path: path.to_path_buf(),
+            reason: "QEMU runs as an unprivileged uid and cannot read it; make the file world-readable, as the installed /usr/share/husk files are".into(),
+        });
     }
     Ok(())
 }
@@ -188,25 +298,20 @@ mod tests {
     #[test]
     fn an_image_qemu_cannot_read_is_named_with_the_fix() {
         let dir = tempfile::tempdir().unwrap();
-        let open = dir.path().join("open");
-        std::fs::create_dir(&open).unwrap();
-        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let image = open.join("initrd.img");
+        let image = dir.path().join("initrd.img");
         std::fs::write(&image, "").unwrap();
         std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
-        readable_by_any_uid("guest initramfs", &image).unwrap();
+        // The directory is root's alone: the jail binds the file in as root.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        readable_by_others("guest initramfs", &image).unwrap();
         std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let err = readable_by_any_uid("guest initramfs", &image)
+        let err = readable_by_others("guest initramfs", &image)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("unprivileged uid") && err.contains("initrd.img"),
             "{err}"
         );
-        std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
-        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o700)).unwrap();
-        assert!(readable_by_any_uid("guest initramfs", &image).is_err());
     }
 
     #[test]

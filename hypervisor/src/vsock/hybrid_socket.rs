@@ -40,11 +40,13 @@ pub enum HybridSocketError {
     Forward { path: PathBuf, source: io::Error },
 }
 
-/// The listening hybrid socket; removes its file when dropped (it created it).
+/// The listening hybrid socket; removes its file when dropped (it created it), unless told
+/// to leave that to its owner.
 #[derive(Debug)]
 pub struct HybridListener {
     listener: UnixListener,
     path: PathBuf,
+    remove_on_drop: bool,
 }
 
 impl HybridListener {
@@ -57,6 +59,7 @@ impl HybridListener {
         let this = Self {
             listener,
             path: path.to_owned(),
+            remove_on_drop: true,
         };
         this.listener
             .set_nonblocking(true)
@@ -66,6 +69,12 @@ impl HybridListener {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file stays when the listener goes: a jailed process may not unlink (the shim
+    /// removes it).
+    pub fn leave_file_on_drop(&mut self) {
+        self.remove_on_drop = false;
     }
 
     /// Accepts one pending client (non-blocking); `Ok(None)` when none is waiting.
@@ -94,7 +103,9 @@ impl AsRawFd for HybridListener {
 
 impl Drop for HybridListener {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.remove_on_drop {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

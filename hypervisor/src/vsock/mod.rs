@@ -14,7 +14,9 @@
 //! - [`muxer`]: the connection table, host events, RX scheduling;
 //! - [`device`]: virtqueue processing over `virtio-queue` + `vm-memory` (reused by the
 //!   built-in VMM's virtio-mmio transport);
-//! - [`vhost_user`] + [`server`]: the vhost-user backend QEMU uses, and its threads.
+//! - [`vhost_user`] + [`server`]: the vhost-user backend QEMU uses, and its threads;
+//! - [`jailed_backend`]: that backend as a jailed process of its own (`husk-vmm
+//!   --vsock-backend`).
 //!
 //! The guest is hostile: malformed chains, bad addresses, unknown ops or packets for unknown
 //! connections are dropped (RST where the spec wants one) and logged at debug level; buffering
@@ -30,6 +32,7 @@ pub mod credit;
 pub mod device;
 pub mod host_buffer;
 pub mod hybrid_socket;
+pub mod jailed_backend;
 pub mod muxer;
 pub mod packet;
 pub mod poller;

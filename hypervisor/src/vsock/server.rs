@@ -24,6 +24,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use super::device::{DeviceError, VsockDevice, is_valid_guest_cid};
+use super::muxer::MuxerConfig;
 use super::vhost_user::{HOST_EVENT, VsockBackend};
 
 /// How long `stop` waits for the threads; past it they are left to finish on their own
@@ -33,6 +34,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct VhostUserVsockConfig {
     pub guest_cid: u64,
     pub uds_path: PathBuf,
+    /// Leave the hybrid socket's file behind when the device goes (a jailed backend may not
+    /// unlink; the shim removes it).
+    pub leave_socket_file: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +86,12 @@ impl VhostUserVsock {
             return Err(VsockError::InvalidCid(config.guest_cid));
         }
         let log = log.new(o!("device" => "vsock", "cid" => config.guest_cid));
-        let device = VsockDevice::new(config.guest_cid, &config.uds_path, log.clone())?;
+        let muxer = MuxerConfig {
+            remove_socket_on_drop: !config.leave_socket_file,
+            ..MuxerConfig::default()
+        };
+        let device =
+            VsockDevice::with_config(config.guest_cid, &config.uds_path, muxer, log.clone())?;
         let device_fd = std::os::fd::AsRawFd::as_raw_fd(&device);
         let backend = Arc::new(RwLock::new(VsockBackend::new(device, log.clone())));
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
@@ -125,6 +134,13 @@ impl VhostUserVsock {
     /// Stops serving, joins the threads (bounded wait), removes the hybrid socket file.
     pub fn stop(mut self) {
         self.shutdown();
+    }
+
+    /// Blocks until the vhost-user session is over (QEMU disconnected) and the device is
+    /// gone.
+    pub fn wait(&self) {
+        // An error means the serving thread is gone too.
+        let _ = self.done.recv();
     }
 
     /// True once the vhost-user front end (QEMU) has disconnected or the worker ended.
@@ -257,6 +273,7 @@ mod tests {
         let config = VhostUserVsockConfig {
             guest_cid: 3,
             uds_path: uds.clone(),
+            leave_socket_file: false,
         };
         let log = Logger::root(slog::Discard, o!());
         (
@@ -314,6 +331,7 @@ mod tests {
         let config = VhostUserVsockConfig {
             guest_cid: 3,
             uds_path: uds.clone(),
+            leave_socket_file: false,
         };
         assert!(VhostUserVsock::start(config, listener, log.clone()).is_err());
         assert!(uds.exists(), "someone else's socket is left alone");
@@ -322,6 +340,7 @@ mod tests {
             let config = VhostUserVsockConfig {
                 guest_cid: cid,
                 uds_path: dir.path().join("new.sock"),
+                leave_socket_file: false,
             };
             let err = VhostUserVsock::start(config, listener, log.clone()).err();
             assert!(matches!(err, Some(VsockError::InvalidCid(_))), "cid {cid}");

@@ -37,6 +37,9 @@ pub struct MuxerConfig {
     pub close_drain_timeout: Duration,
     /// Granularity of deadline checks; the timer only runs while a deadline is pending.
     pub tick: Duration,
+    /// Whether the hybrid socket's file goes with the muxer (false in a jail that may not
+    /// unlink; its owner removes it).
+    pub remove_socket_on_drop: bool,
 }
 
 impl Default for MuxerConfig {
@@ -48,6 +51,7 @@ impl Default for MuxerConfig {
             close_drain_timeout: Duration::from_secs(5),
             // Deadlines are seconds long: a quarter second of slack is invisible.
             tick: Duration::from_millis(250),
+            remove_socket_on_drop: true,
         }
     }
 }
@@ -126,7 +130,10 @@ impl Muxer {
         log: Logger,
     ) -> Result<Self, MuxerError> {
         let poller = Poller::new(config.tick)?;
-        let listener = HybridListener::bind(uds_path)?;
+        let mut listener = HybridListener::bind(uds_path)?;
+        if !config.remove_socket_on_drop {
+            listener.leave_file_on_drop();
+        }
         poller
             .update(
                 listener.as_raw_fd(),

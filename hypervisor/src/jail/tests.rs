@@ -11,7 +11,7 @@ use crate::builtin::seccomp::{self, ThreadKind};
 const PROBE_ENV: &str = "HUSK_JAIL_PROBE";
 /// The probe's scratch directory (jail root, socket directory, host canaries).
 const DIR_ENV: &str = "HUSK_JAIL_DIR";
-const PROBE_TEST: &str = "builtin::jail::tests::a_jailed_thread_under_its_filter_reaches_nothing";
+const PROBE_TEST: &str = "jail::tests::a_jailed_thread_under_its_filter_reaches_nothing";
 
 fn config(dir: &Path) -> (VmConfig, JailConfig) {
     let jail = JailConfig {
@@ -67,10 +67,19 @@ fn child(probe: &str, dir: &Path) {
     let (kind, attack) = probe.split_once(':').unwrap();
     let kind = match kind {
         "vcpu" => ThreadKind::Vcpu,
+        "backend" => ThreadKind::VsockBackend,
         _ => ThreadKind::Device,
     };
     let (vm, jail) = config(dir);
-    enter(&vm, &jail).unwrap();
+    if kind == ThreadKind::VsockBackend {
+        let contents = Contents {
+            threads: 8,
+            ..Contents::default()
+        };
+        enter(&jail, &contents).unwrap();
+    } else {
+        enter_vm(&vm, &jail).unwrap();
+    }
     let mut root: Vec<_> = std::fs::read_dir("/")
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -78,7 +87,11 @@ fn child(probe: &str, dir: &Path) {
     root.sort();
     println!("root: {}", root.join(" "));
     println!("uid: {}", nix::unistd::getuid());
-    seccomp::install(kind).unwrap();
+    if kind == ThreadKind::VsockBackend {
+        seccomp::install_all_threads(kind).unwrap();
+    } else {
+        seccomp::install(kind).unwrap();
+    }
     println!("filter installed");
     let host_socket = dir.join("host.sock");
     match attack {
@@ -91,6 +104,22 @@ fn child(probe: &str, dir: &Path) {
             // SAFETY: NUL-terminated argv/envp arrays of C strings that outlive the call.
             let rc = unsafe { libc::execve(argv[0], argv.as_ptr(), envp.as_ptr()) };
             println!("returned Err({rc})");
+        }
+        // The backend's threads are allowed; a new process is not.
+        "thread" => println!(
+            "thread: {:?}",
+            std::thread::spawn(|| std::thread::current().id())
+                .join()
+                .is_ok()
+        ),
+        "fork" => {
+            // SAFETY: the child only exits.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: ends the forked child at once.
+                unsafe { libc::_exit(0) };
+            }
+            println!("returned Err({pid})");
         }
         "ptrace" => {
             // SAFETY: PTRACE_TRACEME takes no pointers.
@@ -130,13 +159,18 @@ fn a_jailed_thread_under_its_filter_reaches_nothing() {
     std::fs::write(dir.join("sockets/victim"), "").unwrap();
     let host = UnixListener::bind(dir.join("host.sock")).unwrap();
     host.set_nonblocking(true).unwrap();
-    for kind in ["vcpu", "device"] {
+    for kind in ["vcpu", "device", "backend"] {
         let (status, out) = probe(dir, &format!("{kind}:nothing"));
         assert!(status.success(), "{kind}: {status:?}: {out}");
-        assert!(out.contains("root: boot dev run\n"), "{kind}: {out}");
+        let root = if kind == "backend" {
+            "root: run\n"
+        } else {
+            "root: boot dev run\n"
+        };
+        assert!(out.contains(root), "{kind}: {out}");
         assert!(!out.contains("uid: 0\n"), "{kind}: {out}");
         assert!(out.contains("still alive"), "{kind}: {out}");
-        for attack in ["unlink", "connect", "open", "execve", "ptrace"] {
+        for attack in ["unlink", "connect", "open", "execve", "ptrace", "fork"] {
             let (status, out) = probe(dir, &format!("{kind}:{attack}"));
             assert!(out.contains("filter installed"), "{kind}:{attack}: {out}");
             let killed = status.signal() == Some(libc::SIGSYS) && !out.contains("still alive");
@@ -144,6 +178,11 @@ fn a_jailed_thread_under_its_filter_reaches_nothing() {
             assert!(killed || refused, "{kind}:{attack}: {status:?}: {out}");
         }
     }
+    let (status, out) = probe(dir, "backend:thread");
+    assert!(
+        status.success() && out.contains("thread: true") && out.contains("still alive"),
+        "the backend cannot start threads: {status:?}: {out}"
+    );
     assert!(dir.join("sockets/victim").exists(), "unlink got through");
     assert!(host.accept().is_err(), "a connect reached the host socket");
     assert_eq!(

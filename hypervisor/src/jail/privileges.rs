@@ -1,25 +1,25 @@
-//! Everything the jailed monitor gives up: inherited fds, resources beyond its needs, root,
+//! Everything a jailed process gives up: inherited fds, resources beyond its needs, root,
 //! capabilities, privilege gain through exec, being dumped or traced by its own uid.
 
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid, getppid, setgroups, setresgid, setresuid};
 
+use super::contents::JailConfig;
 use super::{JailError, sys};
-use crate::builtin::config::JailConfig;
 use crate::vsock::muxer::MAX_CONNECTIONS;
 
 /// Open files: one per vsock connection at most, plus KVM, vCPU, memory, eventfd, epoll
 /// and socket descriptors of the VM itself.
 pub const MAX_OPEN_FILES: u64 = MAX_CONNECTIONS as u64 + 256;
-/// Threads beyond the vCPUs: the main (device) thread, with room for the runtime's own.
-const EXTRA_THREADS: u64 = 4;
 
-/// Closes every descriptor above stderr: the monitor opens what it needs itself.
-pub(super) fn close_inherited_fds() -> Result<(), JailError> {
-    // SAFETY: close_range takes plain integers and touches no memory; no descriptor above 2
-    // is in use by this process yet (the config file was read and closed).
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+/// Closes every descriptor above stderr but the `kept` ones handed over from fd 3 on: the
+/// process opens what else it needs itself.
+pub(super) fn close_inherited_fds(kept: u32) -> Result<(), JailError> {
+    let first = 3u32.saturating_add(kept);
+    // SAFETY: close_range takes plain integers and touches no memory; no descriptor from
+    // `first` on is in use by this process yet (the config file was read and closed).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
     if rc != 0 {
         return Err(JailError::Sys {
             what: "closing inherited file descriptors".into(),
@@ -30,12 +30,12 @@ pub(super) fn close_inherited_fds() -> Result<(), JailError> {
 }
 
 /// Limits, then the switch to the jail's ids, which drops every capability.
-pub(super) fn set_up(jail: &JailConfig, vcpus: u8) -> Result<(), JailError> {
+pub(super) fn set_up(jail: &JailConfig, threads: u64) -> Result<(), JailError> {
     let parent = getppid();
     let limits = [
         (Resource::RLIMIT_NOFILE, MAX_OPEN_FILES),
         // Counted per uid; the uid is the pod's own.
-        (Resource::RLIMIT_NPROC, u64::from(vcpus) + EXTRA_THREADS),
+        (Resource::RLIMIT_NPROC, threads),
         // A core dump would hold guest memory.
         (Resource::RLIMIT_CORE, 0),
         // No RLIMIT_FSIZE: guest memory is a memfd, sized with ftruncate, which it limits.
@@ -46,7 +46,7 @@ pub(super) fn set_up(jail: &JailConfig, vcpus: u8) -> Result<(), JailError> {
         setrlimit(resource, limit, limit).map_err(sys(format!("setrlimit {resource:?}")))?;
     }
     drop_bounding_set()?;
-    // The sockets the monitor creates in /run are for the shim (root) alone.
+    // The sockets a jailed process creates in /run are for the shim (root) alone.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let (uid, gid) = (Uid::from_raw(jail.uid), Gid::from_raw(jail.gid));
     setgroups(&[]).map_err(sys("dropping supplementary groups"))?;
