@@ -52,8 +52,9 @@ impl DeviceError {
 
 /// virtio 2.7.13.3: the driver may publish at most one ring's worth of buffers ahead of
 /// the device. An index further ahead means the ring is corrupt; `virtio-queue` then
-/// refuses to iterate, and asking again would spin.
-fn check_avail_index<M: GuestMemory>(mem: &M, queue: &Queue) -> Result<(), DeviceError> {
+/// refuses to iterate, and asking again would spin. (Shared with the built-in monitor's
+/// other virtio devices.)
+pub fn check_avail_index<M: GuestMemory>(mem: &M, queue: &Queue) -> Result<(), DeviceError> {
     let avail = queue.avail_idx(mem, Ordering::Acquire)?;
     let next = queue.next_avail();
     if (avail - Wrapping(next)).0 > queue.size() {

@@ -1,18 +1,21 @@
 //! virtio-net on a tap device: no offloads, no mergeable buffers; each guest frame (with its
 //! 12-byte virtio-net header, which the tap understands as-is) is copied through one bounded
 //! buffer. The tap is only watched while a frame could be delivered, so a guest that stops
-//! posting receive buffers cannot make the monitor spin.
+//! posting receive buffers cannot make the monitor spin. A queue whose available index runs
+//! more than a ring ahead is corrupt: the device drops its queues and reports that it needs a
+//! reset until the driver resets it.
 
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, RawFd};
 
-use slog::{Logger, debug};
+use slog::{Logger, debug, warn};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
 use super::tap::{Tap, VNET_HDR_LEN};
 use super::{Activation, IrqTrigger, Memory, TYPE_NET, VirtioDevice, VirtioError, notify_used};
+use crate::vsock::device::check_avail_index;
 
 const RX_QUEUE: usize = 0;
 const TX_QUEUE: usize = 1;
@@ -40,6 +43,8 @@ pub struct Net {
     pending: usize,
     buf: Vec<u8>,
     tx_buf: Vec<u8>,
+    /// The guest corrupted a queue; nothing is touched until the driver resets the device.
+    broken: bool,
     log: Logger,
 }
 
@@ -52,12 +57,38 @@ impl Net {
             pending: 0,
             buf: vec![0; MAX_FRAME],
             tx_buf: vec![0; MAX_FRAME],
+            broken: false,
             log,
         }
     }
 
+    /// Whether `queue` of the active device may be used; a corrupt one breaks the device.
+    fn queue_sound(&mut self, queue: usize) -> bool {
+        let Some(a) = &self.active else {
+            return false;
+        };
+        let q = if queue == RX_QUEUE { &a.rx } else { &a.tx };
+        if !q.ready() {
+            return false;
+        }
+        match check_avail_index(a.mem.as_ref(), q) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(self.log, "the guest corrupted a net queue; the device needs a reset";
+                      "queue" => queue, "error" => %e);
+                self.active = None;
+                self.pending = 0;
+                self.broken = true;
+                false
+            }
+        }
+    }
+
     fn transmit(&mut self) {
-        let Some(a) = self.active.as_mut().filter(|a| a.tx.ready()) else {
+        if !self.queue_sound(TX_QUEUE) {
+            return;
+        }
+        let Some(a) = self.active.as_mut() else {
             return;
         };
         let mut used = false;
@@ -97,7 +128,10 @@ impl Net {
     }
 
     fn receive(&mut self) {
-        let Some(a) = self.active.as_mut().filter(|a| a.rx.ready()) else {
+        if !self.queue_sound(RX_QUEUE) {
+            return;
+        }
+        let Some(a) = self.active.as_mut() else {
             return;
         };
         let mut used = false;
@@ -189,6 +223,11 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.active = None;
         self.pending = 0;
+        self.broken = false;
+    }
+
+    fn needs_reset(&self) -> bool {
+        self.broken
     }
 
     fn host_fds(&self) -> Vec<RawFd> {

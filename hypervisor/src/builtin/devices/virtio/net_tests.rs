@@ -93,3 +93,43 @@ fn frames_flow_both_ways_and_bad_chains_are_dropped() {
     n.host_event(0);
     assert_eq!(rx.used(), vec![(head, 0)]);
 }
+
+/// An avail index more than a ring ahead on either queue: the device reports that it needs
+/// a reset, stops touching its queues and the tap, and works again after the driver's reset.
+#[test]
+fn a_corrupt_queue_needs_reset_until_the_driver_resets() {
+    for corrupt in [RX_QUEUE, TX_QUEUE] {
+        let (mut n, peer) = net();
+        let mem: Memory = Arc::new(guest_memory());
+        let mut rx = DriverQueue::new(&mem, 0);
+        let mut tx = DriverQueue::new(&mem, 1);
+        let irq = IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        n.activate(Activation {
+            mem: mem.clone(),
+            queues: vec![rx.device_queue(), tx.device_queue()],
+            irq: irq.clone(),
+            kicks: Vec::new(),
+            acked_features: 1 << VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
+        assert!(!n.needs_reset());
+        if corrupt == RX_QUEUE {
+            rx.set_avail_idx(1000);
+            peer.send(&[0u8; 64]).unwrap();
+            n.host_event(0);
+        } else {
+            tx.set_avail_idx(1000);
+            n.queue_event(TX_QUEUE);
+        }
+        assert!(n.needs_reset(), "queue {corrupt}");
+        assert!(
+            !n.wants_host_event(0),
+            "queue {corrupt}: still watching the tap"
+        );
+        n.queue_event(RX_QUEUE);
+        n.queue_event(TX_QUEUE);
+        assert!(n.needs_reset(), "queue {corrupt}");
+        n.reset();
+        assert!(!n.needs_reset(), "queue {corrupt}");
+    }
+}
