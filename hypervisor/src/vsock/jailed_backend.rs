@@ -109,7 +109,7 @@ pub fn run(config: &BackendConfig, log: &Logger) -> Result<(), BackendError> {
     // After the hybrid socket is bound, before QEMU can connect: no guest byte is read
     // without the filter.
     let allowed = seccomp::install_all_threads(ThreadKind::VsockBackend)?;
-    info!(log, "syscall filters installed"; "allowed" => allowed);
+    info!(log, "vsock backend jailed and filtered"; "syscalls" => allowed);
     vsock.wait();
     Ok(())
 }
