@@ -161,7 +161,7 @@ fn measure(
         rss as f64 / 1024.0
     ));
     r.push_str(&format!("\nIdle CPU of the pod (all its host processes, averaged over {} s): **{:.0} millicores**.\n", CPU_WINDOW.as_secs(), idle.millicores));
-    r.push_str("\nMethod: `ctr run -d … sleep 1000`, wait until RUNNING plus 3 s, then sum `Pss`/`Rss` from `/proc/<pid>/smaps_rollup` of every process whose command line names the pod (shim, QEMU, virtiofsd). Guest RAM is a shared memfd: QEMU's PSS counts the guest pages the guest has touched.\n");
+    r.push_str("\nMethod: `ctr run -d … sleep 1000`, wait until RUNNING plus 3 s, then sum `Pss`/`Rss` from `/proc/<pid>/smaps_rollup` of every process whose command line names the pod (shim, QEMU, its vsock backend, virtiofsd). Guest RAM is a shared memfd: QEMU's PSS counts the guest pages the guest has touched.\n");
     Ok(r)
 }
 
@@ -294,7 +294,7 @@ fn idle_pod(ctr: &Ctr, image: &str, id: &str) -> Result<IdlePod> {
             .into_iter()
             .filter(|p| p.mentions(id) && !p.is_zombie())
             .filter(|p| {
-                ["containerd-shim-husk-v2", "qemu-system-x86_64", "virtiofsd"]
+                ["containerd-shim-husk-v2", "qemu-system-x86_64", "husk-vmm", "virtiofsd"]
                     .contains(&p.name().as_str())
             })
             .map(|p| (p.name(), p.pid))
