@@ -121,8 +121,9 @@ mod tests {
     fn falls_back_to_tcg_with_reason() {
         let d = tempfile::tempdir().unwrap();
         let probe = unusable_probe(d.path());
-        let s = select(
+        let s = select_with(
             BackendChoice::Auto,
+            "sh",
             "sh",
             SoftwareEmulation::Allowed,
             &probe,
@@ -220,7 +221,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let probe = unusable_probe(d.path());
         for choice in [BackendChoice::Auto, BackendChoice::Qemu] {
-            let err = select(choice, "sh", SoftwareEmulation::Refused, &probe)
+            let err = select_with(choice, "sh", "sh", SoftwareEmulation::Refused, &probe)
                 .err()
                 .unwrap()
                 .to_string();
@@ -232,8 +233,9 @@ mod tests {
             );
         }
         // KVM that runs guests needs no opt-in.
-        let s = select(
+        let s = select_with(
             BackendChoice::Qemu,
+            "sh",
             "sh",
             SoftwareEmulation::Refused,
             &usable_probe(d.path()),

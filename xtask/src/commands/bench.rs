@@ -294,8 +294,13 @@ fn idle_pod(ctr: &Ctr, image: &str, id: &str) -> Result<IdlePod> {
             .into_iter()
             .filter(|p| p.mentions(id) && !p.is_zombie())
             .filter(|p| {
-                ["containerd-shim-husk-v2", "qemu-system-x86_64", "husk-vmm", "virtiofsd"]
-                    .contains(&p.name().as_str())
+                [
+                    "containerd-shim-husk-v2",
+                    "qemu-system-x86_64",
+                    "husk-vmm",
+                    "virtiofsd",
+                ]
+                .contains(&p.name().as_str())
             })
             .map(|p| (p.name(), p.pid))
             .collect();
