@@ -1,15 +1,21 @@
-//! Virtual machine monitors for husk pods.
+//! `husk-hypervisor`: the shim's side of a pod's virtual machine.
 //!
 //! A [`Vmm`] backend launches a VM from a [`VmSpec`] and hands back a [`VmHandle`]. Every
 //! backend gives the guest the same two channels: a hybrid-vsock device (host side: a Unix
 //! socket speaking Firecracker's `CONNECT <port>` protocol, see [`hybrid_client`]) and a
-//! virtio-fs share served by `virtiofsd`. [`probe`] decides which backend a host can run.
+//! virtio-fs share served by `virtiofsd`. [`probe`] decides which backend a host can run,
+//! [`select`] picks it.
+//!
+//! The backends are launchers: [`builtin`] runs husk's own monitor (the `husk-vmm` crate,
+//! a process of its own), [`qemu`] runs QEMU in husk-vmm's jail with husk-vmm's vsock
+//! backend beside it. What they hand `husk-vmm` is the plain data of `husk-vmm-config`; this
+//! crate links no KVM, loader or device code. [`child`] supervises every process a pod
+//! starts (they die with the shim), [`vmm_ids`] gives each its own uid.
 
 pub mod builtin;
 mod child;
 pub mod fd_passing;
 pub mod hybrid_client;
-pub mod jail;
 pub mod probe;
 pub mod qemu;
 pub mod select;
@@ -18,7 +24,6 @@ pub mod virtiofsd;
 mod vm_processes;
 pub mod vmm;
 pub mod vmm_ids;
-pub mod vsock;
 
 pub use probe::{HostProbe, KvmSupport};
 pub use select::{

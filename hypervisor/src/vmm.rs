@@ -44,8 +44,6 @@ pub enum VmmError {
         status: String,
         detail: String,
     },
-    #[error("starting the vsock device: {0}")]
-    Vsock(#[from] crate::vsock::VsockError),
     #[error("choosing the monitor's uid: {0}")]
     VmmId(#[from] crate::vmm_ids::IdError),
 }

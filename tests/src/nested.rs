@@ -56,9 +56,9 @@ pub const MODE_VAR: &str = "HUSK_NESTED_MODE";
 
 /// File name of the outer kernel in the artifacts directory.
 pub const OUTER_KERNEL: &str = "outer-vmlinuz";
-/// The built-in monitor's binary (hypervisor/, `[[bin]] husk-vmm`), collected into the
-/// artifacts directory by `cargo xtask build`.
-pub const VMM_BINARY: &str = "husk-vmm";
+/// The built-in monitor's binary (the `husk-vmm` crate), collected into the artifacts
+/// directory by `cargo xtask build`.
+pub use husk_hypervisor::builtin::VMM_BINARY;
 /// Guest RAM of the outer VM: room for a couple of 256 MiB inner VMs and their monitors.
 pub const DEFAULT_MEMORY_MIB: u32 = 1536;
 /// vCPUs of the outer VM (each one a host thread under multi-threaded TCG).

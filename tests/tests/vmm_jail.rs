@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use husk_hypervisor::builtin::BuiltinVmm;
-use husk_hypervisor::jail::MAX_OPEN_FILES;
 use husk_hypervisor::{IdRange, SharedFsSpec, VmHandle, VmSpec, Vmm, VsockSpec};
 use husk_tests::{Artifacts, TestScope};
+use husk_vmm::jail::MAX_OPEN_FILES;
 
 /// The range and lock directory of the installed configuration, shared with every pod on
 /// this host.

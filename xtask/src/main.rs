@@ -39,7 +39,7 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         agent: Option<PathBuf>,
     },
-    /// deps + kernel + initramfs + shim; collect everything in target/husk/.
+    /// deps + kernel + initramfs + shim + monitor; collect everything in target/husk/.
     Build,
     /// Build, then install the shim, guest kernel, initramfs, virtiofsd, config and
     /// containerd drop-in system-wide (needs root).

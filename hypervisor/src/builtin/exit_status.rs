@@ -1,7 +1,9 @@
 //! How husk-vmm's exit status reads.
 
-use super::{EXIT_GUEST_CRASHED, EXIT_GUEST_STOPPED, EXIT_SETUP_FAILED, EXIT_VCPU_FAILED};
 use crate::child::describe;
+use husk_vmm_config::{
+    EXIT_GUEST_CRASHED, EXIT_GUEST_STOPPED, EXIT_SETUP_FAILED, EXIT_VCPU_FAILED,
+};
 
 /// The monitor's exit status in words.
 pub(super) fn describe_status(status: std::process::ExitStatus) -> String {

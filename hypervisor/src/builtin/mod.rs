@@ -1,32 +1,13 @@
-//! The built-in microVM monitor (`builtin` backend): `husk-vmm`, a small rust-vmm based VMM
-//! that boots the husk guest kernel directly (PVH or 64-bit boot protocol, no firmware) with
-//! virtio-mmio devices: hybrid vsock (the same [`crate::vsock`] device QEMU uses over
-//! vhost-user), virtio-fs through virtiofsd (vhost-user frontend), optional virtio-net on a
-//! tap; plus a 16550 console on stdout, an i8042 for resets and a boot timer.
+//! The built-in monitor backend: launches `husk-vmm` (the `husk-vmm` crate), husk's own
+//! microVM monitor, for a pod.
 //!
-//! The monitor is its own process, as QEMU is: [`BuiltinVmm`] writes the VM description as
-//! JSON into the pod's run directory, starts virtiofsd and `husk-vmm --config <file>` as
-//! supervised children (die with the shim, bounded output capture) and returns a
-//! [`VmHandle`]. A separate process keeps a KVM or device bug from taking the shim down, lets
-//! the VMM run with fewer privileges later, and makes its memory overhead measurable alone.
-//!
-//! Exit status of `husk-vmm` (what the shim reports): [`EXIT_GUEST_STOPPED`] when the guest
-//! rebooted (the agent reboots to power off; with `reboot=k` Linux resets through the
-//! i8042, and `panic=-1` turns a guest panic into the same), [`EXIT_SETUP_FAILED`] when the VM could not be built,
-//! [`EXIT_VCPU_FAILED`] when KVM failed at run time, [`EXIT_GUEST_CRASHED`] for a crash event.
-//!
-//! Modules follow the machine: [`arch`] (layout, boot structures, registers), [`kvm`] (VM,
-//! memory, vCPUs), [`devices`] (no KVM knowledge), [`device_manager`] (addresses, IRQs,
-//! irqfd/ioeventfd wiring, command line), [`builder`] (config → running VM).
+//! [`BuiltinVmm`] writes the VM description (a `husk_vmm_config::VmConfig`, with the jail
+//! the monitor confines itself in) as JSON into the pod's run directory, starts virtiofsd and
+//! `husk-vmm --config <file>` as supervised children (die with the shim, bounded output
+//! capture) and returns a [`VmHandle`]. How the monitor's exit status reads:
+//! [`exit_status`].
 
-pub mod arch;
-pub mod builder;
-pub mod config;
-pub mod device_manager;
-pub mod devices;
 mod exit_status;
-pub mod kvm;
-pub mod seccomp;
 
 use std::path::{Path, PathBuf};
 
@@ -34,7 +15,8 @@ use async_trait::async_trait;
 use slog::{Logger, info};
 use tokio::process::Command;
 
-pub use config::{FsConfig, JailConfig, NetConfig, VmConfig, VsockConfig};
+pub use husk_vmm_config::VMM_BINARY;
+use husk_vmm_config::{FsConfig, JailConfig, LaunchFile, VmConfig, VsockConfig};
 
 use crate::child::{Stdout, Supervised};
 use crate::spec::VmSpec;
@@ -43,21 +25,6 @@ use crate::vm_processes::VmProcesses;
 use crate::vmm::{VmHandle, Vmm, VmmError};
 use crate::vmm_ids::IdClaim;
 
-/// The guest stopped by itself (power off, reboot, triple fault, panic with `panic=-1`).
-pub const EXIT_GUEST_STOPPED: i32 = 0;
-/// The VM could not be built (bad config, missing kernel, no KVM, …).
-pub const EXIT_SETUP_FAILED: i32 = 1;
-/// Bad command line.
-pub const EXIT_USAGE: i32 = 2;
-/// KVM failed while the guest ran.
-pub const EXIT_VCPU_FAILED: i32 = 3;
-/// The guest reported a crash (KVM system event).
-pub const EXIT_GUEST_CRASHED: i32 = 4;
-
-/// Name of the monitor binary.
-pub const VMM_BINARY: &str = "husk-vmm";
-/// Physical address of the boot timer's MMIO page.
-pub const BOOT_TIMER_MMIO_ADDR: u64 = arch::BOOT_TIMER_MMIO_ADDR;
 const CONFIG_FILE: &str = "husk-vmm.json";
 /// The empty directory the monitor's jail root is mounted on (in its own mount namespace).
 const JAIL_ROOT_DIR: &str = "vmm-root";
@@ -246,13 +213,6 @@ fn chown_to(path: &Path, jail: Option<&JailConfig>) -> Result<(), VmmError> {
             source,
         }
     })
-}
-
-/// Where the husk guest kernel was built on this machine, for tests that load it.
-#[cfg(test)]
-pub(crate) fn test_kernel_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/husk");
-    dir.join("vmlinux").is_file().then_some(dir)
 }
 
 #[cfg(test)]

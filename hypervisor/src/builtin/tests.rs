@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::spec::{SharedFsSpec, VsockSpec};
+use husk_vmm_config::EXIT_SETUP_FAILED;
 
 fn spec(dir: &Path) -> VmSpec {
     for f in ["vmlinuz", "initrd.img"] {

@@ -10,7 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::jail::{Bind, Contents, INITRD_PATH, KERNEL_PATH, Link};
+use husk_vmm_config::jail::{INITRD_PATH, KERNEL_PATH};
+use husk_vmm_config::{Bind, Contents, Link};
 
 /// Where the system's programs and libraries are; each is bound read-only if it is a
 /// directory, recreated if it is a link (a merged-`/usr` system's `/lib -> usr/lib`).

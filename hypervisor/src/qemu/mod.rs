@@ -5,7 +5,7 @@
 //!   --exec`): an empty read-only root with only the system's program directories, a
 //!   private `/dev`, a uid of the pod's own, no capabilities; then QEMU's own `-sandbox`;
 //! - the hybrid-vsock device as a vhost-user backend (`husk-vmm --vsock-backend`, jailed
-//!   with its own uid and seccomp filter; [`crate::vsock::jailed_backend`]);
+//!   with its own uid and seccomp filter; `husk-vmm --vsock-backend`);
 //! - virtiofsd with its namespace sandbox.
 //!
 //! Sockets: QEMU's directory (`qemu/`, root's, mode 0711, the jail's `/run`) holds the two
@@ -28,13 +28,12 @@ pub use args::{Accel, FALLBACK_TSC_KHZ, QemuPaths, kernel_cmdline, qemu_args};
 
 use crate::builtin::locate_binary;
 use crate::child::{Stdout, Supervised};
-use crate::jail::exec::ExecConfig;
-use crate::jail::{INITRD_PATH, JailConfig, KERNEL_PATH, in_socket_dir};
 use crate::spec::{VmSpec, create_private_dir};
 use crate::virtiofsd;
 use crate::vmm::{VmHandle, Vmm, VmmError};
 use crate::vmm_ids::IdClaim;
-use crate::vsock::jailed_backend::BackendConfig;
+use husk_vmm_config::jail::{INITRD_PATH, KERNEL_PATH, in_socket_dir};
+use husk_vmm_config::{BackendConfig, ExecConfig, JailConfig, LaunchFile};
 
 /// Names inside the VM's run directory.
 const QEMU_SOCKET_DIR: &str = "qemu";

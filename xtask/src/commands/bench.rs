@@ -34,7 +34,7 @@ const AGENT_MARKER: &str = "agent starting";
 const SETTLE: Duration = Duration::from_secs(3);
 
 pub fn run(ws: &Workspace) -> Result<()> {
-    let artifacts = build::run(ws)?;
+    let artifacts = build::with_nested_host(ws)?;
     let mut scope = TestScope::new("bench").context("creating the bench directory")?;
     let mut containerd = super::husk_containerd(&scope, &artifacts)?;
     let leftovers = LeakScope::new(scope.tag(), NAMESPACE, containerd.address(), 0);

@@ -15,11 +15,10 @@ use crate::workspace::Workspace;
 
 const SHIM_BUILD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
-/// deps + kernel + initramfs + shim, then `target/husk/{vmlinuz, vmlinux, initrd.img,
-/// containerd-shim-husk-v2, virtiofsd, config.toml}`; then the built-in monitor
-/// (`husk-vmm`, when hypervisor/ has that binary) and the nested test host's kernel
-/// (`outer-vmlinuz`), which only the nested-KVM tests need — built last, so a failure
-/// there leaves the rest of the artifacts usable.
+/// deps + kernel + initramfs + shim + monitor: `target/husk/{vmlinuz, vmlinux, initrd.img,
+/// containerd-shim-husk-v2, husk-vmm, virtiofsd, config.toml}`, what a pod needs. The
+/// nested test host's kernel is [`nested_host`]: only the nested-KVM tests and the bench
+/// need it, and a cold build of it costs minutes the demo should not pay.
 pub fn run(ws: &Workspace) -> Result<Artifacts> {
     deps::run(ws)?;
     let kernel = kernel::run(ws)?;
@@ -47,16 +46,16 @@ pub fn run(ws: &Workspace) -> Result<Artifacts> {
         note(artifacts.dir().join(f).display().to_string());
     }
     let vmm = artifacts.dir().join(VMM_BINARY);
-    match &bins.vmm {
-        Some(built) => {
-            copy_atomic(built, &vmm, 0o755)?;
-            note(vmm.display().to_string());
-        }
-        None => anyhow::bail!(
-            "{VMM_BINARY} was not built: husk-hypervisor must have a `{VMM_BINARY}` binary target"
-        ),
-    }
+    copy_atomic(&bins.vmm, &vmm, 0o755)?;
+    note(vmm.display().to_string());
+    Ok(artifacts)
+}
 
+/// [`run`], then the nested test host's kernel (`outer-vmlinuz`) beside the artifacts: what
+/// the nested-KVM tests and the bench add. Built last, so a failure there leaves the rest
+/// usable.
+pub fn with_nested_host(ws: &Workspace) -> Result<Artifacts> {
+    let artifacts = run(ws)?;
     let outer = kernel::outer(ws)?;
     let outer_kernel = artifacts.dir().join(OUTER_KERNEL);
     copy_atomic(&outer.bz_image(), &outer_kernel, 0o644)?;
@@ -67,15 +66,14 @@ pub fn run(ws: &Workspace) -> Result<Artifacts> {
 /// The release binaries `build` collects.
 struct Binaries {
     shim: PathBuf,
-    /// `None` if the hypervisor crate had no `husk-vmm` binary (an error for the caller).
-    vmm: Option<PathBuf>,
+    vmm: PathBuf,
 }
 
-/// One cargo invocation for the shim and the built-in monitor, so they share the
-/// compiled `husk-hypervisor` library.
+/// One cargo invocation for the shim and the built-in monitor, so they share what they
+/// have in common.
 fn build_binaries(ws: &Workspace) -> Result<Binaries> {
     step(
-        "building the shim and the monitor: cargo build --release -p husk-shim -p husk-hypervisor --bins",
+        "building the shim and the monitor: cargo build --release -p husk-shim -p husk-vmm --bins",
     );
     ws.cargo()
         .args([
@@ -84,23 +82,28 @@ fn build_binaries(ws: &Workspace) -> Result<Binaries> {
             "-p",
             "husk-shim",
             "-p",
-            "husk-hypervisor",
+            "husk-vmm",
             "--bins",
         ])
         .timeout(SHIM_BUILD_TIMEOUT)
         .run_inherit()
-        .context("building husk-shim and husk-hypervisor")?;
+        .context("building husk-shim and husk-vmm")?;
     let release = ws.target_dir.join("release");
-    let shim = release.join(SHIM_BINARY);
-    if !shim.is_file() {
-        bail!(
-            "cargo built package husk-shim but {} does not exist: the package needs a binary \
-             target named `{SHIM_BINARY}`",
-            shim.display()
-        );
-    }
-    let vmm = Some(release.join(VMM_BINARY)).filter(|p| p.is_file());
-    Ok(Binaries { shim, vmm })
+    let built = |package: &str, binary: &str| {
+        let path = release.join(binary);
+        if !path.is_file() {
+            bail!(
+                "cargo built package {package} but {} does not exist: the package needs a \
+                 binary target named `{binary}`",
+                path.display()
+            );
+        }
+        Ok(path)
+    };
+    Ok(Binaries {
+        shim: built("husk-shim", SHIM_BINARY)?,
+        vmm: built("husk-vmm", VMM_BINARY)?,
+    })
 }
 
 /// Copies `from` to `to` via a temporary file in the destination directory and a

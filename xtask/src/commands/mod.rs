@@ -4,6 +4,7 @@ pub mod bench;
 pub mod build;
 pub mod demo;
 pub mod deps;
+pub mod fuzz;
 pub mod initramfs;
 pub mod install;
 pub mod kernel;

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: the whole suite — build, fmt, clippy, unit and integration tests.
+//! `cargo xtask test`: the whole suite — build, fmt, clippy, the fuzz targets, unit and
+//! integration tests.
 //! Every step runs even if an earlier one failed (one CI run shows every problem); the
 //! exit status is non-zero if any failed.
 
@@ -11,7 +12,7 @@ use husk_tests::mounts::unmount_under;
 use husk_tests::scope::TMPDIR_ENV;
 use husk_tests::{ARTIFACTS_ENV, Cmd, LeakScope, TEST_NAMESPACE};
 
-use super::{build, deps};
+use super::{build, deps, fuzz};
 use crate::ui::{note, step};
 use crate::workspace::Workspace;
 
@@ -50,7 +51,7 @@ pub fn run(ws: &Workspace, nextest_args: &[String]) -> Result<()> {
     deps::run(ws).context("installing dependencies")?;
     let run_dir = run_dir()?;
     let outcomes = [
-        timed("build", || build::run(ws).map(|_| ())),
+        timed("build", || build::with_nested_host(ws).map(|_| ())),
         timed("cargo fmt --all --check", || {
             Ok(ws
                 .cargo()
@@ -75,6 +76,9 @@ pub fn run(ws: &Workspace, nextest_args: &[String]) -> Result<()> {
                     .run_inherit()?)
             },
         ),
+        timed("fuzz targets (vmm/fuzz): build, 2000 inputs each", || {
+            fuzz::smoke(ws)
+        }),
         timed("cargo nextest run --workspace (all but nested KVM)", || {
             nextest(ws, &run_dir, &format!("not {NESTED_FILTER}"), nextest_args)
                 .timeout(NEXTEST_TIMEOUT)
