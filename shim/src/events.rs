@@ -169,6 +169,47 @@ fn forward_request(q: &Queued, namespace: &str) -> ForwardRequest {
     req
 }
 
+/// What the shim published, in order, for tests of the task state machine.
+#[cfg(test)]
+pub struct Recorded {
+    rx: mpsc::Receiver<Item>,
+}
+
+#[cfg(test)]
+impl Publisher {
+    /// A publisher whose events stay here for the test to read.
+    pub fn recording() -> (Self, Recorded) {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        (Self { tx }, Recorded { rx })
+    }
+}
+
+#[cfg(test)]
+impl Recorded {
+    /// The next event's topic and message, if one is published within `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<(&'static str, Box<dyn MessageDyn>)> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(Item::Event(q))) => return Some((q.topic, q.event)),
+                Ok(Some(Item::Flush(done))) => {
+                    let _ = done.send(());
+                }
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// The topics of every event published so far.
+    pub async fn topics(&mut self) -> Vec<&'static str> {
+        let mut topics = Vec::new();
+        while let Some((topic, _)) = self.next(Duration::from_millis(50)).await {
+            topics.push(topic);
+        }
+        topics
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

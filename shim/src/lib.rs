@@ -17,6 +17,7 @@ pub mod mounts;
 pub mod pod;
 pub mod pod_cgroup;
 pub mod pod_dir;
+pub mod pod_launch;
 pub mod runtime_options;
 pub mod serve;
 pub mod sizing;

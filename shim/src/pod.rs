@@ -1,7 +1,10 @@
-//! A pod: its VM, the agent inside, and its host directory. One per shim.
+//! A pod: its VM, the agent inside, and its host state (directory and cgroup). One per
+//! shim. [`Pod::boot`] makes the real one; the parts are traits ([`VmHandle`], [`Agent`],
+//! [`PodHost`]) so the task state machine can be tested with fakes.
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use husk_hypervisor::{
     HostProbe, IdRange, SharedFsSpec, VmHandle, VmSpec, VsockSpec, spec::GUEST_CID,
 };
@@ -9,7 +12,7 @@ use slog::{Logger, info, warn};
 use thiserror::Error;
 use tokio::time::Instant;
 
-use crate::agent::{Agent, AgentError};
+use crate::agent::{Agent, AgentClient, AgentError};
 use crate::config::Config;
 use crate::container_files::{self, ContainerFilesError, RootfsSource};
 use crate::guest_spec::HostBind;
@@ -39,14 +42,55 @@ pub enum PodError {
 
 pub struct Pod {
     pub id: String,
-    pub dir: PodDir,
     pub vm: Box<dyn VmHandle>,
-    pub agent: Agent,
+    pub agent: Box<dyn Agent>,
+    host: Box<dyn PodHost>,
+    log: Logger,
+}
+
+/// The pod's state on the host besides its VM: where container files are prepared, and
+/// what is removed once the VM is gone.
+#[async_trait]
+pub trait PodHost: Send + Sync {
+    /// Mounts a container's rootfs and bind-mount sources into the pod share.
+    async fn prepare_container_files(
+        &self,
+        container_id: &str,
+        rootfs: RootfsSource,
+        binds: Vec<HostBind>,
+    ) -> Result<(), ContainerFilesError>;
+    /// Unmounts and removes a container's files from the pod share.
+    async fn remove_container_files(&self, container_id: &str) -> Result<(), PodDirError>;
+    /// Removes everything (after the VM stopped). Never fails: what cannot be cleaned is
+    /// logged.
+    async fn remove(&self);
+}
+
+/// The real host state: the pod directory ([`PodDir`]) and the pod cgroup.
+struct HostState {
+    dir: PodDir,
     cgroup: PodCgroup,
     log: Logger,
 }
 
 impl Pod {
+    /// A pod from its parts (tests assemble fakes this way).
+    pub fn new(
+        id: &str,
+        vm: Box<dyn VmHandle>,
+        agent: Box<dyn Agent>,
+        host: Box<dyn PodHost>,
+        log: &Logger,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            vm,
+            agent,
+            host,
+            log: log.clone(),
+        }
+    }
+
     /// Boots the pod VM and waits for its agent. Everything started is torn down again on
     /// failure.
     /// `cgroup`: the pod cgroup's path ([`crate::pod_cgroup::path_for`]); the shim joins it
@@ -90,7 +134,7 @@ impl Pod {
             }
         };
         let deadline = Instant::now() + config.connect_timeout();
-        let connected = Agent::connect(
+        let connected = AgentClient::connect(
             &dir.vsock_uds(),
             deadline,
             vm.exited(),
@@ -111,14 +155,12 @@ impl Pod {
             "guest_kernel" => &check.kernel_release,
             "agent_version" => &check.agent_version,
             "vmm_pid" => vm.pid());
-        Ok(Self {
-            id: id.to_string(),
+        let host = HostState {
             dir,
-            vm,
-            agent,
             cgroup,
-            log,
-        })
+            log: log.clone(),
+        };
+        Ok(Self::new(id, vm, Box::new(agent), Box::new(host), &log))
     }
 
     async fn abort_boot(
@@ -146,28 +188,19 @@ impl Pod {
         }
     }
 
-    /// Mounts a container's rootfs and bind-mount sources into the pod share, off the async
-    /// runtime (mounts block, on a slow snapshotter for seconds).
     pub async fn prepare_container_files(
         &self,
         container_id: &str,
         rootfs: RootfsSource,
         binds: Vec<HostBind>,
     ) -> Result<(), ContainerFilesError> {
-        let (dir, id) = (self.dir.clone(), container_id.to_string());
-        tokio::task::spawn_blocking(move || container_files::prepare(&dir, &id, &rootfs, &binds))
+        self.host
+            .prepare_container_files(container_id, rootfs, binds)
             .await
-            .unwrap_or_else(|join| Err(PodDirError::Worker(join).into()))
     }
 
-    /// Unmounts and removes a container's files from the pod share, off the async runtime
-    /// (unmounts and directory walks block).
     pub async fn remove_container_files(&self, container_id: &str) -> Result<(), PodDirError> {
-        let (dir, id) = (self.dir.clone(), container_id.to_string());
-        match tokio::task::spawn_blocking(move || dir.remove_container(&id)).await {
-            Ok(result) => result,
-            Err(join) => Err(PodDirError::Worker(join)),
-        }
+        self.host.remove_container_files(container_id).await
     }
 
     /// Asks the guest to power off, stops the VMM and its helpers, and removes the pod's
@@ -180,6 +213,36 @@ impl Pod {
             }
         }
         self.vm.stop(POWEROFF_GRACE).await;
+        self.host.remove().await;
+        info!(self.log, "pod stopped");
+    }
+}
+
+#[async_trait]
+impl PodHost for HostState {
+    /// Off the async runtime: mounts block, on a slow snapshotter for seconds.
+    async fn prepare_container_files(
+        &self,
+        container_id: &str,
+        rootfs: RootfsSource,
+        binds: Vec<HostBind>,
+    ) -> Result<(), ContainerFilesError> {
+        let (dir, id) = (self.dir.clone(), container_id.to_string());
+        tokio::task::spawn_blocking(move || container_files::prepare(&dir, &id, &rootfs, &binds))
+            .await
+            .unwrap_or_else(|join| Err(PodDirError::Worker(join).into()))
+    }
+
+    /// Off the async runtime: unmounts and directory walks block.
+    async fn remove_container_files(&self, container_id: &str) -> Result<(), PodDirError> {
+        let (dir, id) = (self.dir.clone(), container_id.to_string());
+        match tokio::task::spawn_blocking(move || dir.remove_container(&id)).await {
+            Ok(result) => result,
+            Err(join) => Err(PodDirError::Worker(join)),
+        }
+    }
+
+    async fn remove(&self) {
         let dir = self.dir.clone();
         let destroyed = tokio::task::spawn_blocking(move || dir.destroy())
             .await
@@ -190,7 +253,6 @@ impl Pod {
         // Waits (bounded) for killed leftovers to leave: off the async runtime.
         let (cgroup, log) = (self.cgroup.clone(), self.log.clone());
         let _ = tokio::task::spawn_blocking(move || remove_cgroup(&cgroup, &log)).await;
-        info!(self.log, "pod stopped");
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -12,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::args::Args;
 use crate::events::Publisher;
 use crate::isolation;
+use crate::pod_launch::VmLauncher;
 use crate::task::{Shim, task_services};
 
 /// containerd passes the listening socket as fd 3.
@@ -67,6 +69,7 @@ async fn serve(
         args.namespace.clone(),
         socket.clone(),
         publisher,
+        Arc::new(VmLauncher),
         log.clone(),
     );
     let mut server = ttrpc::asynchronous::Server::new()

@@ -127,7 +127,7 @@ impl ProcessIo {
     /// Opens the fifos and attaches every stream the agent will expect. Must complete
     /// before the process is created in the guest.
     pub async fn attach(
-        agent: &Agent,
+        agent: &dyn Agent,
         container_id: &str,
         exec_id: &str,
         paths: &StdioPaths,

@@ -9,38 +9,19 @@ use containerd_shim_protos::events::task::{TaskCreate, TaskIO};
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::topics::TASK_CREATE_EVENT_TOPIC;
 use oci_spec::runtime::Spec;
-use slog::{info, warn};
+use slog::warn;
 
 use super::container::{CONTAINER_TYPE_ANNOTATION, Container};
 use super::error::{TaskError, TaskResult};
 use super::process::Process;
 use super::{PodSlot, Shim};
-use crate::config::Config;
 use crate::container_files::RootfsSource;
 use crate::guest_spec;
 use crate::ids;
 use crate::mounts::MountSpec;
 use crate::pod::Pod;
-use crate::pod_cgroup;
-use crate::sizing;
 use crate::start::SANDBOX_ID_ANNOTATION;
 use crate::stdio::{ProcessIo, StdioPaths};
-
-/// Why a pod without a network namespace of its own is refused.
-pub const HOST_NETWORK_REFUSED: &str = "husk runs each pod in its own VM with its own network stack: \
-     host-network pods (hostNetwork: true, ctr --net-host) are not supported; use another \
-     RuntimeClass for them";
-
-/// A pod that shares the host's network has no network namespace in its sandbox spec.
-fn has_network_namespace(spec: &Spec) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
-            ns.iter()
-                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
-        })
-}
 
 impl Shim {
     pub async fn create(self: &Arc<Self>, req: &CreateTaskRequest) -> TaskResult<u32> {
@@ -157,29 +138,7 @@ impl Shim {
                 ));
             }
         }
-        let explicit = crate::runtime_options::config_path(req.options.as_ref());
-        let (config, path) = Config::resolve(explicit.as_deref().map(Path::new))
-            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
-        info!(self.log, "booting pod VM"; "sandbox" => group, "config" => %path.display());
-        if !has_network_namespace(spec) {
-            return Err(TaskError::InvalidArgument(HOST_NETWORK_REFUSED.into()));
-        }
-        let hostname = spec
-            .hostname()
-            .clone()
-            .unwrap_or_else(|| group.chars().take(12).collect());
-        let annotations = spec.annotations().clone().unwrap_or_default();
-        let size = sizing::pod_size(&annotations, &config.hypervisor, sizing::host_cpus());
-        let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-        let cgroup = pod_cgroup::path_for(
-            cgroups_path.as_deref().and_then(Path::to_str),
-            &config.runtime.cgroup_parent,
-            group,
-        )
-        .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
-        let pod = Pod::boot(group, &hostname, &cgroup, &config, &size, &self.log)
-            .await
-            .map_err(|e| TaskError::FailedPrecondition(format!("starting the pod VM: {e}")))?;
+        let pod = self.launcher.launch(group, req, spec, &self.log).await?;
         let pod = Arc::new(pod);
         if let Ok(mut slot) = self.pod.lock() {
             *slot = PodSlot::Running(pod.clone());
@@ -220,7 +179,7 @@ impl Shim {
             pod.prepare_container_files(id, rootfs, binds)
                 .await
                 .map_err(|e| TaskError::internal("preparing the container's files", e))?;
-            let io = ProcessIo::attach(&pod.agent, id, "", &init.stdio, &self.log)
+            let io = ProcessIo::attach(pod.agent.as_ref(), id, "", &init.stdio, &self.log)
                 .await
                 .map_err(|e| TaskError::internal("attaching stdio", e))?;
             let pid = pod

@@ -53,7 +53,7 @@ impl Shim {
                     "container {id} is not running"
                 )));
             }
-            let io = ProcessIo::attach(&pod.agent, id, exec_id, &process.stdio, &self.log)
+            let io = ProcessIo::attach(pod.agent.as_ref(), id, exec_id, &process.stdio, &self.log)
                 .await
                 .map_err(|e| TaskError::internal("attaching exec stdio", e))?;
             let pid = pod

@@ -12,6 +12,11 @@ mod monitor;
 mod process;
 mod service;
 
+#[cfg(test)]
+mod fakes;
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -21,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::events::Publisher;
 use crate::pod::Pod;
+use crate::pod_launch::PodLauncher;
 pub use container::Container;
 pub use error::{TaskError, TaskResult};
 pub use process::{Process, Status};
@@ -34,12 +40,17 @@ enum PodSlot {
     Gone,
 }
 
+/// Lock order (take them in this order, never the other way): `boot` (async; held across
+/// awaits while a pod boots or tears down and while a Create registers its container) →
+/// `pod` → `containers` → a container's exec table → a process's state. The std mutexes
+/// are never held across an await.
 pub struct Shim {
     pub namespace: String,
     pub log: Logger,
     pub publisher: Publisher,
     /// The socket containerd reaches this shim on (recorded for crash cleanup).
     pub socket: PathBuf,
+    launcher: Arc<dyn PodLauncher>,
     pod: Mutex<PodSlot>,
     /// Serializes pod boot and teardown.
     boot: tokio::sync::Mutex<()>,
@@ -48,12 +59,19 @@ pub struct Shim {
 }
 
 impl Shim {
-    pub fn new(namespace: String, socket: PathBuf, publisher: Publisher, log: Logger) -> Arc<Self> {
+    pub fn new(
+        namespace: String,
+        socket: PathBuf,
+        publisher: Publisher,
+        launcher: Arc<dyn PodLauncher>,
+        log: Logger,
+    ) -> Arc<Self> {
         Arc::new(Self {
             namespace,
             log,
             publisher,
             socket,
+            launcher,
             pod: Mutex::new(PodSlot::Empty),
             boot: tokio::sync::Mutex::new(()),
             containers: Mutex::new(HashMap::new()),

@@ -10,7 +10,7 @@ use husk_hypervisor::builtin::VMM_BINARY;
 use husk_hypervisor::{BackendChoice, HostProbe, VmHandle, VmSpec};
 use husk_protocol::agent::Stdio;
 use husk_protocol::io_stream::{StreamHeader, StreamKind};
-use husk_shim::agent::Agent;
+use husk_shim::agent::{Agent, AgentClient};
 use husk_shim::config::Config;
 use husk_shim::container_files::RootfsSource;
 use husk_shim::pod::SHARED_FS_TAG;
@@ -101,7 +101,7 @@ async fn drive(
     log: &Logger,
 ) -> Result<Report> {
     let deadline = Instant::now() + config.connect_timeout();
-    let (agent, check) = Agent::connect(
+    let (agent, check) = AgentClient::connect(
         &dir.vsock_uds(),
         deadline,
         vm.exited(),
@@ -149,7 +149,7 @@ async fn drive(
 }
 
 /// A busybox rootfs in the pod share, `busybox echo` in it; returns exit status and stdout.
-async fn run_container(agent: &Agent, dir: &PodDir, busybox: &Path) -> Result<(i32, String)> {
+async fn run_container(agent: &dyn Agent, dir: &PodDir, busybox: &Path) -> Result<(i32, String)> {
     // Like a bundle's root.path: a directory the shim's own code bind-mounts into the share.
     let image = dir.root().join("image");
     let bin = image.join("bin");

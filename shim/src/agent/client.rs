@@ -1,17 +1,19 @@
-//! The shim's client of the guest agent: ttrpc over the hybrid vsock, every request bounded
-//! by the configured RPC timeout (except waiting for a process to exit), and the per-stream
-//! IO connections of `husk_protocol::io_stream`.
+//! The real [`Agent`]: ttrpc over the hybrid vsock, every request bounded by the configured
+//! RPC timeout (except waiting for a process to exit), and the per-stream IO connections of
+//! `husk_protocol::io_stream`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::{Agent, AgentError};
+
+use async_trait::async_trait;
 use husk_hypervisor::VmExit;
 use husk_hypervisor::hybrid_client::{self, HybridConnectError};
 use husk_protocol::agent::*;
-use husk_protocol::agent_ttrpc::AgentClient;
+use husk_protocol::agent_ttrpc::AgentClient as TtrpcClient;
 use husk_protocol::io_stream::{STATUS_OK, StreamHeader};
 use husk_protocol::{AGENT_VSOCK_PORT, IO_VSOCK_PORT};
-use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -22,37 +24,9 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on opening one stdio stream (connect, header, status byte).
 const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Error)]
-pub enum AgentError {
-    #[error("the guest agent did not answer within {waited:?} (agent.connect_timeout_ms): {last}")]
-    NotReady { waited: Duration, last: String },
-    #[error("the VM ended {waited:?} after it was started, before its agent answered: {how}")]
-    VmEnded { waited: Duration, how: String },
-    /// The agent's message is guest text: escaped before it reaches a log or containerd.
-    #[error("agent {method}: {}", husk_protocol::guest_text::escape(&source.to_string()))]
-    Rpc {
-        method: &'static str,
-        source: ttrpc::Error,
-    },
-    #[error("opening {what} stream: {reason}")]
-    Stream { what: String, reason: String },
-}
-
-impl AgentError {
-    /// The ttrpc status code the agent answered with, if it answered at all.
-    pub fn code(&self) -> Option<ttrpc::Code> {
-        match self {
-            AgentError::Rpc {
-                source: ttrpc::Error::RpcStatus(s),
-                ..
-            } => Some(s.code()),
-            _ => None,
-        }
-    }
-}
-
-pub struct Agent {
-    client: AgentClient,
+/// Connected to one pod's agent.
+pub struct AgentClient {
+    client: TtrpcClient,
     uds: PathBuf,
     rpc_timeout: Duration,
 }
@@ -77,7 +51,7 @@ macro_rules! rpc {
     };
 }
 
-impl Agent {
+impl AgentClient {
     /// Connects and waits for a health check to pass, until `deadline`. Stops early, with the
     /// VM's own words, if the VM ends meanwhile.
     pub async fn connect(
@@ -114,7 +88,7 @@ impl Agent {
                         });
                     }
                 };
-            let client = AgentClient::new(ttrpc::asynchronous::Client::new(stream.into()));
+            let client = TtrpcClient::new(ttrpc::asynchronous::Client::new(stream.into()));
             let timeout = CHECK_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
             match client
                 .check(
@@ -147,8 +121,11 @@ impl Agent {
             last,
         })
     }
+}
 
-    pub async fn create_sandbox(
+#[async_trait]
+impl Agent for AgentClient {
+    async fn create_sandbox(
         &self,
         sandbox_id: &str,
         hostname: &str,
@@ -161,11 +138,11 @@ impl Agent {
         rpc!(self, create_sandbox, req).map(drop)
     }
 
-    pub async fn destroy_sandbox(&self) -> Result<(), AgentError> {
+    async fn destroy_sandbox(&self) -> Result<(), AgentError> {
         rpc!(self, destroy_sandbox, DestroySandboxRequest::new()).map(drop)
     }
 
-    pub async fn create_container(
+    async fn create_container(
         &self,
         id: &str,
         spec: Vec<u8>,
@@ -178,15 +155,15 @@ impl Agent {
         rpc!(self, create_container, req).map(|r| r.pid)
     }
 
-    pub async fn start_container(&self, id: &str) -> Result<(), AgentError> {
+    async fn start_container(&self, id: &str) -> Result<(), AgentError> {
         rpc!(self, start_container, container_req(id)).map(drop)
     }
 
-    pub async fn remove_container(&self, id: &str) -> Result<(), AgentError> {
+    async fn remove_container(&self, id: &str) -> Result<(), AgentError> {
         rpc!(self, remove_container, container_req(id)).map(drop)
     }
 
-    pub async fn exec_process(
+    async fn exec_process(
         &self,
         id: &str,
         exec_id: &str,
@@ -201,7 +178,7 @@ impl Agent {
         rpc!(self, exec_process, req).map(|r| r.pid)
     }
 
-    pub async fn signal_process(
+    async fn signal_process(
         &self,
         id: &str,
         exec_id: &str,
@@ -217,7 +194,7 @@ impl Agent {
     }
 
     /// Blocks until the process exits; ends with an error if the VM or connection goes away.
-    pub async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32, AgentError> {
+    async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32, AgentError> {
         self.client
             .wait_process(
                 ttrpc::context::Context::default(),
@@ -231,11 +208,11 @@ impl Agent {
             })
     }
 
-    pub async fn list_processes(&self, id: &str) -> Result<Vec<u32>, AgentError> {
+    async fn list_processes(&self, id: &str) -> Result<Vec<u32>, AgentError> {
         rpc!(self, list_processes, container_req(id)).map(|r| r.pids)
     }
 
-    pub async fn tty_resize(
+    async fn tty_resize(
         &self,
         id: &str,
         exec_id: &str,
@@ -250,12 +227,12 @@ impl Agent {
         rpc!(self, tty_win_resize, req).map(drop)
     }
 
-    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), AgentError> {
+    async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), AgentError> {
         rpc!(self, close_stdin, process_req(id, exec_id)).map(drop)
     }
 
     /// Opens one stdio stream of a process on the agent's IO port.
-    pub async fn open_stream(&self, header: &StreamHeader) -> Result<UnixStream, AgentError> {
+    async fn open_stream(&self, header: &StreamHeader) -> Result<UnixStream, AgentError> {
         let what = format!(
             "{:?} of {}/{}",
             header.kind, header.container_id, header.exec_id

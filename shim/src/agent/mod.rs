@@ -1,0 +1,95 @@
+//! The guest agent as the shim sees it: the [`Agent`] trait (as Kata's runtime-rs has one)
+//! and its errors. [`client::AgentClient`] is the real one, over the pod's hybrid vsock; the
+//! task state machine's unit tests use a fake (`task::fakes`).
+
+pub mod client;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use husk_protocol::agent::Stdio;
+use husk_protocol::io_stream::StreamHeader;
+use thiserror::Error;
+use tokio::net::UnixStream;
+
+pub use client::AgentClient;
+
+/// What the shim asks of the agent in the pod's VM. Every call but [`Agent::wait_process`]
+/// is bounded in time by the implementation.
+#[async_trait]
+pub trait Agent: Send + Sync {
+    async fn create_sandbox(
+        &self,
+        sandbox_id: &str,
+        hostname: &str,
+        tag: &str,
+    ) -> Result<(), AgentError>;
+    async fn destroy_sandbox(&self) -> Result<(), AgentError>;
+    /// Creates a container from its guest OCI spec; returns the guest pid of its init.
+    async fn create_container(
+        &self,
+        id: &str,
+        spec: Vec<u8>,
+        stdio: Stdio,
+    ) -> Result<u32, AgentError>;
+    async fn start_container(&self, id: &str) -> Result<(), AgentError>;
+    /// Removes a container; a created, never started init is killed.
+    async fn remove_container(&self, id: &str) -> Result<(), AgentError>;
+    /// Starts an extra process in a running container; returns its guest pid.
+    async fn exec_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: Vec<u8>,
+        stdio: Stdio,
+    ) -> Result<u32, AgentError>;
+    async fn signal_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), AgentError>;
+    /// Until the process exits (its exit status); an error if the VM or connection goes.
+    async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32, AgentError>;
+    async fn list_processes(&self, id: &str) -> Result<Vec<u32>, AgentError>;
+    async fn tty_resize(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u32,
+        cols: u32,
+    ) -> Result<(), AgentError>;
+    async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), AgentError>;
+    /// Opens one stdio stream of a process.
+    async fn open_stream(&self, header: &StreamHeader) -> Result<UnixStream, AgentError>;
+}
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("the guest agent did not answer within {waited:?} (agent.connect_timeout_ms): {last}")]
+    NotReady { waited: Duration, last: String },
+    #[error("the VM ended {waited:?} after it was started, before its agent answered: {how}")]
+    VmEnded { waited: Duration, how: String },
+    /// The agent's message is guest text: escaped before it reaches a log or containerd.
+    #[error("agent {method}: {}", husk_protocol::guest_text::escape(&source.to_string()))]
+    Rpc {
+        method: &'static str,
+        source: ttrpc::Error,
+    },
+    #[error("opening {what} stream: {reason}")]
+    Stream { what: String, reason: String },
+}
+
+impl AgentError {
+    /// The ttrpc status code the agent answered with, if it answered at all.
+    pub fn code(&self) -> Option<ttrpc::Code> {
+        match self {
+            AgentError::Rpc {
+                source: ttrpc::Error::RpcStatus(s),
+                ..
+            } => Some(s.code()),
+            _ => None,
+        }
+    }
+}

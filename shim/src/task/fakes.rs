@@ -1,0 +1,354 @@
+//! Fakes for the task state machine's unit tests: a guest ([`Guest`]) whose agent, VM and
+//! host state record what the shim asked of them, and whose processes exit when the test
+//! says so.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_shim_protos::api::CreateTaskRequest;
+use husk_hypervisor::{VmExit, VmHandle};
+use husk_protocol::agent::Stdio;
+use husk_protocol::io_stream::{StreamHeader, StreamKind};
+use oci_spec::runtime::Spec;
+use slog::Logger;
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use ttrpc::Code;
+
+use super::{TaskError, TaskResult};
+use crate::agent::{Agent, AgentError};
+use crate::container_files::{ContainerFilesError, RootfsSource};
+use crate::guest_spec::HostBind;
+use crate::pod::{Pod, PodHost};
+use crate::pod_dir::PodDirError;
+use crate::pod_launch::PodLauncher;
+
+/// Host pid the fake VM reports (what Create returns).
+pub const VM_PID: u32 = 4242;
+/// Guest pids the fake agent hands out.
+pub const INIT_PID: u32 = 100;
+pub const EXEC_PID: u32 = 200;
+
+type ProcessKey = (String, String);
+
+/// One fake pod VM and everything in it.
+pub struct Guest {
+    /// Every agent, VM and host call, in order (`"start_container c1"`).
+    calls: Mutex<Vec<String>>,
+    processes: Mutex<HashMap<ProcessKey, watch::Sender<Option<i32>>>>,
+    /// The agent's ends of the stdio streams the shim opened.
+    streams: Mutex<HashMap<(String, String, StreamKind), UnixStream>>,
+    /// Agent methods that fail, with the status they fail with.
+    failing: Mutex<HashMap<&'static str, Code>>,
+    vm_exit: watch::Sender<Option<VmExit>>,
+    /// Launching the pod fails.
+    pub launch_fails: Mutex<bool>,
+}
+
+impl Guest {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            calls: Mutex::default(),
+            processes: Mutex::default(),
+            streams: Mutex::default(),
+            failing: Mutex::default(),
+            vm_exit: watch::channel(None).0,
+            launch_fails: Mutex::new(false),
+        })
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    pub fn called(&self, call: &str) -> usize {
+        self.calls().iter().filter(|c| *c == call).count()
+    }
+
+    fn record(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+
+    /// `method` answers with `code` from now on.
+    pub fn fail(&self, method: &'static str, code: Code) {
+        self.failing.lock().unwrap().insert(method, code);
+    }
+
+    fn check(&self, method: &'static str) -> Result<(), AgentError> {
+        match self.failing.lock().unwrap().get(method) {
+            Some(code) => Err(rpc_error(method, *code)),
+            None => Ok(()),
+        }
+    }
+
+    /// The process exits with `status` (as the agent would report it).
+    pub fn exit(&self, id: &str, exec_id: &str, status: i32) {
+        let processes = self.processes.lock().unwrap();
+        let process = processes
+            .get(&(id.to_string(), exec_id.to_string()))
+            .unwrap_or_else(|| panic!("no process {id}/{exec_id}"));
+        process.send_replace(Some(status));
+    }
+
+    /// The agent's end of a process's stream.
+    pub fn take_stream(&self, id: &str, exec_id: &str, kind: StreamKind) -> UnixStream {
+        self.streams
+            .lock()
+            .unwrap()
+            .remove(&(id.to_string(), exec_id.to_string(), kind))
+            .unwrap_or_else(|| panic!("no {kind:?} stream for {id}/{exec_id}"))
+    }
+
+    /// The VMM dies without being asked to.
+    pub fn vm_dies(&self) {
+        self.vm_exit.send_replace(Some(VmExit {
+            description: "killed by signal 9".into(),
+            requested: false,
+        }));
+    }
+
+    pub fn vm_stopped(&self) -> bool {
+        self.vm_exit.borrow().is_some()
+    }
+
+    fn add_process(&self, id: &str, exec_id: &str) {
+        self.processes.lock().unwrap().insert(
+            (id.to_string(), exec_id.to_string()),
+            watch::channel(None).0,
+        );
+    }
+
+    fn exit_watch(&self, id: &str, exec_id: &str) -> Option<watch::Receiver<Option<i32>>> {
+        self.processes
+            .lock()
+            .unwrap()
+            .get(&(id.to_string(), exec_id.to_string()))
+            .map(watch::Sender::subscribe)
+    }
+
+    fn running(&self, id: &str, exec_id: &str) -> bool {
+        self.exit_watch(id, exec_id)
+            .is_some_and(|w| w.borrow().is_none())
+    }
+}
+
+fn rpc_error(method: &'static str, code: Code) -> AgentError {
+    AgentError::Rpc {
+        method,
+        source: ttrpc::Error::RpcStatus(ttrpc::get_status(code, format!("fake {method}"))),
+    }
+}
+
+/// The agent of [`Guest`].
+pub struct FakeAgent(pub Arc<Guest>);
+
+#[async_trait]
+impl Agent for FakeAgent {
+    async fn create_sandbox(&self, id: &str, _: &str, _: &str) -> Result<(), AgentError> {
+        self.0.record(format!("create_sandbox {id}"));
+        self.0.check("create_sandbox")
+    }
+
+    async fn destroy_sandbox(&self) -> Result<(), AgentError> {
+        self.0.record("destroy_sandbox".into());
+        self.0.check("destroy_sandbox")
+    }
+
+    async fn create_container(&self, id: &str, _: Vec<u8>, _: Stdio) -> Result<u32, AgentError> {
+        self.0.record(format!("create_container {id}"));
+        self.0.check("create_container")?;
+        self.0.add_process(id, "");
+        Ok(INIT_PID)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), AgentError> {
+        self.0.record(format!("start_container {id}"));
+        self.0.check("start_container")
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), AgentError> {
+        self.0.record(format!("remove_container {id}"));
+        // Removing a created container kills its init.
+        if self.0.running(id, "") {
+            self.0.exit(id, "", 137);
+        }
+        self.0.check("remove_container")
+    }
+
+    async fn exec_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        _: Vec<u8>,
+        _: Stdio,
+    ) -> Result<u32, AgentError> {
+        self.0.record(format!("exec_process {id} {exec_id}"));
+        self.0.check("exec_process")?;
+        self.0.add_process(id, exec_id);
+        Ok(EXEC_PID)
+    }
+
+    async fn signal_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        _: bool,
+    ) -> Result<(), AgentError> {
+        self.0
+            .record(format!("signal_process {id} {exec_id} {signal}"));
+        self.0.check("signal_process")?;
+        if !self.0.running(id, exec_id) {
+            return Err(rpc_error("signal_process", Code::NOT_FOUND));
+        }
+        self.0
+            .exit(id, exec_id, 128 + i32::try_from(signal).unwrap());
+        Ok(())
+    }
+
+    async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32, AgentError> {
+        let Some(mut exit) = self.0.exit_watch(id, exec_id) else {
+            return Err(rpc_error("wait_process", Code::NOT_FOUND));
+        };
+        let mut vm = self.0.vm_exit.subscribe();
+        tokio::select! {
+            status = exit.wait_for(Option::is_some) => Ok(status.unwrap().unwrap()),
+            _ = vm.wait_for(Option::is_some) => Err(AgentError::Stream {
+                what: "wait".into(),
+                reason: "the VM is gone".into(),
+            }),
+        }
+    }
+
+    async fn list_processes(&self, id: &str) -> Result<Vec<u32>, AgentError> {
+        self.0.record(format!("list_processes {id}"));
+        self.0.check("list_processes")?;
+        Ok(vec![INIT_PID])
+    }
+
+    async fn tty_resize(&self, id: &str, exec_id: &str, _: u32, _: u32) -> Result<(), AgentError> {
+        self.0.record(format!("tty_resize {id} {exec_id}"));
+        self.0.check("tty_resize")
+    }
+
+    async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), AgentError> {
+        self.0.record(format!("close_stdin {id} {exec_id}"));
+        self.0.check("close_stdin")
+    }
+
+    async fn open_stream(&self, header: &StreamHeader) -> Result<UnixStream, AgentError> {
+        let (shim_end, agent_end) = UnixStream::pair().unwrap();
+        self.0.streams.lock().unwrap().insert(
+            (
+                header.container_id.clone(),
+                header.exec_id.clone(),
+                header.kind,
+            ),
+            agent_end,
+        );
+        Ok(shim_end)
+    }
+}
+
+/// The VM of [`Guest`].
+struct FakeVm {
+    guest: Arc<Guest>,
+    uds: PathBuf,
+}
+
+#[async_trait]
+impl VmHandle for FakeVm {
+    fn pid(&self) -> u32 {
+        VM_PID
+    }
+
+    fn vsock_uds(&self) -> &Path {
+        &self.uds
+    }
+
+    fn exited(&self) -> watch::Receiver<Option<VmExit>> {
+        self.guest.vm_exit.subscribe()
+    }
+
+    fn diagnostics(&self) -> String {
+        "fake VMM".into()
+    }
+
+    fn processes(&self) -> Vec<(String, u32)> {
+        Vec::new()
+    }
+
+    async fn stop(&self, _grace: Duration) {
+        self.guest.record("vm stop".into());
+        self.guest.vm_exit.send_if_modified(|exit| {
+            let first = exit.is_none();
+            if first {
+                *exit = Some(VmExit {
+                    description: "stopped".into(),
+                    requested: true,
+                });
+            }
+            first
+        });
+    }
+}
+
+/// The host state of [`Guest`]'s pod.
+struct FakeHost(Arc<Guest>);
+
+#[async_trait]
+impl PodHost for FakeHost {
+    async fn prepare_container_files(
+        &self,
+        container_id: &str,
+        _: RootfsSource,
+        _: Vec<HostBind>,
+    ) -> Result<(), ContainerFilesError> {
+        self.0.record(format!("prepare_files {container_id}"));
+        Ok(())
+    }
+
+    async fn remove_container_files(&self, container_id: &str) -> Result<(), PodDirError> {
+        self.0.record(format!("remove_files {container_id}"));
+        Ok(())
+    }
+
+    async fn remove(&self) {
+        self.0.record("remove_host_state".into());
+    }
+}
+
+/// Launches [`Guest`]'s pod.
+pub struct FakeLauncher(pub Arc<Guest>);
+
+#[async_trait]
+impl PodLauncher for FakeLauncher {
+    async fn launch(
+        &self,
+        group: &str,
+        _: &CreateTaskRequest,
+        _: &Spec,
+        log: &Logger,
+    ) -> TaskResult<Pod> {
+        self.0.record(format!("launch {group}"));
+        if *self.0.launch_fails.lock().unwrap() {
+            return Err(TaskError::FailedPrecondition(
+                "starting the pod VM: fake".into(),
+            ));
+        }
+        let guest = self.0.clone();
+        Ok(Pod::new(
+            group,
+            Box::new(FakeVm {
+                guest: guest.clone(),
+                uds: "/nonexistent/vsock.sock".into(),
+            }),
+            Box::new(FakeAgent(guest.clone())),
+            Box::new(FakeHost(guest)),
+            log,
+        ))
+    }
+}
