@@ -1,4 +1,5 @@
-//! Generates the ttrpc/protobuf code for `proto/agent.proto` into OUT_DIR.
+//! Generates the ttrpc/protobuf code for `proto/agent.proto` and the messages of
+//! `proto/runtimeoptions.proto` into OUT_DIR.
 
 use std::path::{Path, PathBuf};
 
@@ -9,8 +10,9 @@ fn main() -> Result<()> {
     let out = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR unset")?).join("agent");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     println!("cargo:rerun-if-changed=proto/agent.proto");
+    println!("cargo:rerun-if-changed=proto/runtimeoptions.proto");
     Codegen::new()
-        .input("proto/agent.proto")
+        .inputs(["proto/agent.proto", "proto/runtimeoptions.proto"])
         .include("proto")
         .rust_protobuf()
         .rust_protobuf_customize(ProtobufCustomize::default().gen_mod_rs(false))
@@ -20,7 +22,7 @@ fn main() -> Result<()> {
         })
         .out_dir(&out)
         .run()
-        .context("generating ttrpc code from proto/agent.proto")?;
+        .context("generating code from proto/")?;
     strip_inner_attributes(&out)
 }
 

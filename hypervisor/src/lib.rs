@@ -12,6 +12,7 @@
 //! crate links no KVM, loader or device code. [`child`] supervises every process a pod
 //! starts (they die with the shim), [`vmm_ids`] gives each its own uid.
 
+pub mod binaries;
 pub mod builtin;
 mod child;
 pub mod fd_passing;

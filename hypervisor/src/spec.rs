@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use husk_vmm_config::LaunchFile;
+
 use crate::vmm::VmmError;
 use crate::vmm_ids::IdRange;
 
@@ -126,12 +128,23 @@ fn require_file(what: &'static str, path: &Path) -> Result<(), VmmError> {
             path: path.to_path_buf(),
             reason: "not a regular file".into(),
         }),
-        Err(e) => Err(VmmError::MissingFile {
+        Err(source) => Err(VmmError::UnreadableFile {
             what,
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source,
         }),
     }
+}
+
+/// Validates `file` and writes it to `path` for `husk-vmm` (`who`: the process it is for).
+pub(crate) fn write_launch_file<F: LaunchFile>(
+    file: &F,
+    path: &Path,
+    who: &'static str,
+) -> Result<(), VmmError> {
+    file.validate()?;
+    let json = file.to_json()?;
+    std::fs::write(path, json).map_err(|source| VmmError::Spawn { what: who, source })
 }
 
 #[cfg(test)]

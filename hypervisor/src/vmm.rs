@@ -20,12 +20,25 @@ pub enum VmmError {
         path: PathBuf,
         reason: String,
     },
+    #[error(
+        "{what} {path:?} is unusable: {source}; fix the path in the husk config (/etc/husk/config.toml) or install it (`cargo xtask install`)"
+    )]
+    UnreadableFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid VM settings: {0}")]
     InvalidSpec(String),
-    #[error(
-        "hypervisor binary {name:?} {reason}; install qemu-system-x86 or set hypervisor.qemu_path in the husk config"
-    )]
-    HypervisorBinary { name: String, reason: String },
+    #[error("invalid VM settings: {0}")]
+    LaunchFile(#[from] husk_vmm_config::ConfigError),
+    #[error("hypervisor binary {name:?} {reason}; {fix}")]
+    HypervisorBinary {
+        name: String,
+        reason: String,
+        fix: &'static str,
+    },
     #[error("no usable hypervisor: {0}")]
     NoBackend(String),
     #[error("creating socket {path:?}: {source}")]

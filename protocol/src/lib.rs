@@ -1,6 +1,7 @@
 //! The shim <-> agent contract: the ttrpc `Agent` service (generated from `proto/agent.proto`),
 //! the vsock ports, the guest paths both sides agree on, and the header that opens a stdio
-//! stream on the IO port.
+//! stream on the IO port. Also the one containerd message the shim decodes that no crate
+//! carries: [`runtimeoptions`], CRI's runtime options.
 
 pub mod guest_text;
 pub mod io_stream;
@@ -29,6 +30,19 @@ pub mod agent {
 #[allow(warnings, unused_qualifications)]
 pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent/agent_ttrpc.rs"));
+}
+
+/// containerd's `runtimeoptions.v1.Options` (generated from `proto/runtimeoptions.proto`).
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+#[allow(warnings, unused_qualifications)]
+pub mod runtimeoptions {
+    include!(concat!(env!("OUT_DIR"), "/agent/runtimeoptions.rs"));
 }
 
 pub use protobuf;

@@ -10,6 +10,10 @@
 //!
 //! Timestamps, owners and inode numbers are deterministic (mtime 0, uid/gid 0, inodes
 //! counted from 1), so the same input always produces the same bytes.
+//!
+//! Kept in-house: the format is a page of rules, and husk needs its output to be
+//! byte-for-byte deterministic (it is part of a cached, reproducible build); a general cpio
+//! crate would have to be bent to the same fixed metadata and checked for it anyway.
 
 use std::io::{self, Write};
 

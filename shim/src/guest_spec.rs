@@ -19,6 +19,12 @@ pub enum SpecError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("invalid OCI runtime spec {path:?}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("invalid OCI runtime spec {path:?}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("bind mount for {destination:?}: source {source_path:?} does not exist on the host")]
@@ -47,9 +53,9 @@ pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
         path: path.clone(),
         source,
     })?;
-    let spec: Spec = serde_json::from_str(&text).map_err(|e| SpecError::Invalid {
+    let spec: Spec = serde_json::from_str(&text).map_err(|source| SpecError::Parse {
         path: path.clone(),
-        message: e.to_string(),
+        source,
     })?;
     let invalid = |message: &str| SpecError::Invalid {
         path: path.clone(),

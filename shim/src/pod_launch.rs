@@ -45,8 +45,8 @@ impl PodLauncher for VmLauncher {
         log: &Logger,
     ) -> TaskResult<Pod> {
         let explicit = crate::runtime_options::config_path(req.options.as_ref());
-        let (config, path) = Config::resolve(explicit.as_deref().map(Path::new))
-            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        let (config, path) =
+            Config::resolve(explicit.as_deref().map(Path::new)).map_err(TaskError::invalid)?;
         info!(log, "booting pod VM"; "sandbox" => group, "config" => %path.display());
         if !has_network_namespace(spec) {
             return Err(TaskError::InvalidArgument(HOST_NETWORK_REFUSED.into()));
@@ -63,10 +63,10 @@ impl PodLauncher for VmLauncher {
             &config.runtime.cgroup_parent,
             group,
         )
-        .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        .map_err(TaskError::invalid)?;
         Pod::boot(group, &hostname, &cgroup, &config, &size, log)
             .await
-            .map_err(|e| TaskError::FailedPrecondition(format!("starting the pod VM: {e}")))
+            .map_err(|e| TaskError::PodStart(Box::new(e)))
     }
 }
 

@@ -1,59 +1,42 @@
-//! containerd runtime options for husk. CRI sends `[...runtimes.husk.options]` as a
-//! `runtimeoptions.v1.Options` message (`type_url` = 1, `config_path` = 2).
-//! Other option types (e.g. runc's) are ignored.
+//! containerd runtime options for husk. CRI sends `[...runtimes.husk.options]` as
+//! containerd's `runtimeoptions.v1.Options` message (decoded with its `.proto`,
+//! `husk_protocol::runtimeoptions`). Other option types (e.g. runc's) are not husk's and are
+//! ignored.
 
-use containerd_shim_protos::protobuf::CodedInputStream;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use husk_protocol::protobuf::Message;
+use husk_protocol::runtimeoptions::Options;
 
 /// Type names CRI uses for its generic runtime options.
 const CRI_OPTIONS_TYPES: &[&str] = &[
     "runtimeoptions.v1.Options",
     "type.googleapis.com/runtimeoptions.v1.Options",
 ];
-/// `config_path` field number in runtimeoptions.v1.Options.
-const CONFIG_PATH_FIELD: u32 = 2;
-/// Protobuf wire type of length-delimited fields.
-const WIRE_LEN: u32 = 2;
 
-/// The `ConfigPath` option, if the options carry one.
+/// The `ConfigPath` option, if the options carry one. Options that do not decode are
+/// treated as absent (the default configuration applies), as for any other option type.
 pub fn config_path(options: Option<&Any>) -> Option<String> {
     let any = options?;
     if !CRI_OPTIONS_TYPES.contains(&any.type_url.as_str()) {
         return None;
     }
-    let mut input = CodedInputStream::from_bytes(&any.value);
-    let mut found = None;
-    while let Ok(Some(tag)) = input.read_raw_tag_or_eof() {
-        let (field, wire) = (tag >> 3, tag & 7);
-        if field == CONFIG_PATH_FIELD && wire == WIRE_LEN {
-            found = input.read_string().ok();
-        } else if input.skip_field(wire_type(wire)?).is_err() {
-            break;
-        }
-    }
-    found.filter(|p| !p.is_empty())
-}
-
-fn wire_type(w: u32) -> Option<containerd_shim_protos::protobuf::rt::WireType> {
-    containerd_shim_protos::protobuf::rt::WireType::new(w)
+    Options::parse_from_bytes(&any.value)
+        .ok()
+        .map(|o| o.config_path)
+        .filter(|p| !p.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use containerd_shim_protos::protobuf::CodedOutputStream;
 
     fn options(type_url: &str, config_path: &str) -> Any {
-        let mut value = Vec::new();
-        {
-            let mut out = CodedOutputStream::vec(&mut value);
-            out.write_string(1, "io.containerd.husk.v2").unwrap();
-            out.write_string(2, config_path).unwrap();
-            out.flush().unwrap();
-        }
+        let mut options = Options::new();
+        options.type_url = "io.containerd.husk.v2".into();
+        options.config_path = config_path.into();
         let mut any = Any::new();
         any.type_url = type_url.into();
-        any.value = value;
+        any.value = options.write_to_bytes().unwrap();
         any
     }
 
@@ -76,5 +59,21 @@ mod tests {
             None
         );
         assert_eq!(config_path(None), None);
+    }
+
+    /// The bytes containerd writes (type_url = 1, config_path = 2, config_body = 3).
+    #[test]
+    fn decodes_containerd_wire_bytes_and_ignores_garbage() {
+        let mut wire = vec![0x0a, 3];
+        wire.extend_from_slice(b"cri");
+        wire.extend_from_slice(&[0x12, 6]);
+        wire.extend_from_slice(b"/x.tml");
+        wire.extend_from_slice(&[0x1a, 1, b'x']);
+        let mut any = Any::new();
+        any.type_url = "runtimeoptions.v1.Options".into();
+        any.value = wire;
+        assert_eq!(config_path(Some(&any)).as_deref(), Some("/x.tml"));
+        any.value = vec![0x12, 200, 1];
+        assert_eq!(config_path(Some(&any)), None);
     }
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use linux_loader::cmdline::Cmdline;
 use slog::{Logger, info, warn};
 use vmm_sys_util::epoll::EventSet;
 
@@ -117,11 +118,11 @@ pub fn build<W: Write + Send + 'static>(
             &dlog,
         )?;
     }
-    let mut cmdline = config.cmdline.trim().to_string();
-    for entry in devices.cmdline_entries() {
-        cmdline.push(' ');
-        cmdline.push_str(entry);
-    }
+    let mut cmdline = Cmdline::new(arch::CMDLINE_MAX_LEN).map_err(ArchError::from)?;
+    cmdline
+        .insert_str(config.cmdline.trim())
+        .and_then(|()| devices.announce(&mut cmdline))
+        .map_err(ArchError::from)?;
     let setup = arch::loader::load(
         mem.as_ref(),
         config.memory_bytes(),

@@ -44,7 +44,7 @@ pub enum VsockError {
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error("cannot create the vhost-user daemon: {0}")]
-    Daemon(String),
+    Daemon(#[source] DaemonError),
     #[error("cannot watch the device's host sockets: {0}")]
     RegisterHostEvents(io::Error),
     #[error("cannot create the stop event: {0}")]
@@ -54,6 +54,19 @@ pub enum VsockError {
 }
 
 type Daemon = VhostUserDaemon<Arc<RwLock<VsockBackend>>>;
+
+/// vhost-user-backend's error, which implements `Display` but not `std::error::Error`: kept
+/// whole as the source of [`VsockError::Daemon`].
+#[derive(Debug)]
+pub struct DaemonError(pub vhost_user_backend::Error);
+
+impl std::fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for DaemonError {}
 
 /// State shared between the handle and the serving thread.
 struct Control {
@@ -91,7 +104,7 @@ impl VhostUserVsock {
         let backend = Arc::new(RwLock::new(VsockBackend::new(device, log.clone())));
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let daemon = Daemon::new("husk-vsock".to_owned(), backend, memory)
-            .map_err(|e| VsockError::Daemon(e.to_string()))?;
+            .map_err(|e| VsockError::Daemon(DaemonError(e)))?;
         for handler in daemon.get_epoll_handlers() {
             handler
                 .register_listener(device_fd, EventSet::IN, u64::from(HOST_EVENT))

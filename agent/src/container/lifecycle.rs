@@ -63,7 +63,7 @@ impl Containers {
             Ok(Err(LibcontainerError::IncorrectStatus(_))) => {
                 Err(ContainerError::Stopped(id.to_owned()))
             }
-            Ok(Err(e)) => Err(ContainerError::Libcontainer(e.to_string())),
+            Ok(Err(e)) => Err(ContainerError::Libcontainer(e)),
             Err(e) => Err(e.into()),
         };
         if let Some(Slot::Ready(c)) = self.slots().get_mut(id) {
@@ -149,12 +149,10 @@ impl Containers {
         let bundle = self.layout.bundle(id);
         tokio::task::spawn_blocking(move || -> Result<(), ContainerError> {
             match LcContainer::load(state_dir) {
-                Ok(mut c) => c
-                    .delete(true)
-                    .map_err(|e| ContainerError::Libcontainer(e.to_string()))?,
+                Ok(mut c) => c.delete(true).map_err(ContainerError::Libcontainer)?,
                 // No state: a previous remove got this far already.
                 Err(LibcontainerError::State(_) | LibcontainerError::NoDirectory) => {}
-                Err(e) => return Err(ContainerError::Libcontainer(e.to_string())),
+                Err(e) => return Err(ContainerError::Libcontainer(e)),
             }
             match std::fs::remove_dir_all(&bundle) {
                 Ok(()) => Ok(()),

@@ -83,7 +83,7 @@ pub enum ContainerError {
         source: std::io::Error,
     },
     #[error("libcontainer: {0}")]
-    Libcontainer(String),
+    Libcontainer(#[source] libcontainer::error::LibcontainerError),
     #[error("the exit status of pid {0} was lost")]
     ExitLost(i32),
     #[error("a blocking task failed: {0}")]

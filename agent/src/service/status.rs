@@ -148,7 +148,10 @@ mod tests {
                 ContainerError::Helper(HelperError::Timeout(std::time::Duration::from_secs(1))),
                 Code::DEADLINE_EXCEEDED,
             ),
-            (ContainerError::Libcontainer("x".into()), Code::INTERNAL),
+            (
+                ContainerError::Libcontainer(libcontainer::error::LibcontainerError::NoDirectory),
+                Code::INTERNAL,
+            ),
         ];
         for (error, code) in cases {
             assert_eq!(container_code(&error), code, "{error}");

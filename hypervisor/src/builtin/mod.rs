@@ -18,8 +18,9 @@ use tokio::process::Command;
 pub use husk_vmm_config::VMM_BINARY;
 use husk_vmm_config::{FsConfig, JailConfig, LaunchFile, VmConfig, VsockConfig};
 
+use crate::binaries::{self, Search};
 use crate::child::{Stdout, Supervised};
-use crate::spec::VmSpec;
+use crate::spec::{VmSpec, write_launch_file};
 use crate::virtiofsd;
 use crate::vm_processes::VmProcesses;
 use crate::vmm::{VmHandle, Vmm, VmmError};
@@ -44,7 +45,7 @@ impl BuiltinVmm {
     /// `binary`: a path, or a name looked up beside the running executable and on `PATH`.
     pub fn new(binary: &str) -> Result<Self, VmmError> {
         Ok(Self {
-            binary: locate_binary(binary)?,
+            binary: binaries::locate(binary, Search::BesideShimThenPath)?,
         })
     }
 
@@ -93,39 +94,6 @@ pub fn preferred_kernel(kernel: &Path) -> PathBuf {
     }
 }
 
-pub(crate) fn locate_binary(name: &str) -> Result<PathBuf, VmmError> {
-    let mut candidates = Vec::new();
-    if name.contains('/') {
-        candidates.push(PathBuf::from(name));
-    } else {
-        if let Some(dir) = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-        {
-            candidates.push(dir.join(name));
-            // Test binaries live one level below the other binaries (target/*/deps).
-            if let Some(up) = dir.parent() {
-                candidates.push(up.join(name));
-            }
-        }
-        if let Some(path) = std::env::var_os("PATH") {
-            candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
-        }
-    }
-    candidates
-        .into_iter()
-        .find(|p| is_executable(p))
-        .ok_or_else(|| VmmError::HypervisorBinary {
-            name: name.to_string(),
-            reason: "was not found beside the shim or on PATH".into(),
-        })
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 #[async_trait]
 impl Vmm for BuiltinVmm {
     fn name(&self) -> String {
@@ -144,19 +112,11 @@ impl Vmm for BuiltinVmm {
             uid: id.id(),
             gid: id.id(),
         });
-        config
-            .validate()
-            .map_err(|e| VmmError::InvalidSpec(e.to_string()))?;
+        config.validate()?;
         // The monitor creates its vsock socket there, as its own uid.
         chown_to(&jail.sockets, config.jail.as_ref())?;
         let config_path = spec.run_dir.join(CONFIG_FILE);
-        let json = config
-            .to_json()
-            .map_err(|e| VmmError::InvalidSpec(e.to_string()))?;
-        std::fs::write(&config_path, json).map_err(|source| VmmError::Spawn {
-            what: "husk-vmm (writing its config)",
-            source,
-        })?;
+        write_launch_file(&config, &config_path, "husk-vmm (writing its config)")?;
         let mut vm = VmProcesses::new(
             &spec.vsock.uds_path,
             vec![fs_socket.clone(), config_path.clone()],

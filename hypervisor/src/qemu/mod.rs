@@ -26,9 +26,9 @@ use tokio::process::Command;
 use crate::vm_processes::VmProcesses;
 pub use args::{Accel, FALLBACK_TSC_KHZ, QemuPaths, kernel_cmdline, qemu_args};
 
-use crate::builtin::locate_binary;
+use crate::binaries::{self, Search};
 use crate::child::{Stdout, Supervised};
-use crate::spec::{VmSpec, create_private_dir};
+use crate::spec::{VmSpec, create_private_dir, write_launch_file};
 use crate::virtiofsd;
 use crate::vmm::{VmHandle, Vmm, VmmError};
 use crate::vmm_ids::IdClaim;
@@ -57,13 +57,13 @@ impl QemuVmm {
     /// `binary` is a path or a name looked up on `PATH`; `jailer` is husk-vmm, a path or a
     /// name looked up beside the running executable and on `PATH`.
     pub fn new(binary: &str, jailer: &str, accel: Accel) -> Result<Self, VmmError> {
-        let binary = resolve_binary(binary)?;
+        let binary = binaries::locate(binary, Search::Path)?;
         // The jail shows the real directories: a binary reached through a link is named by
         // its real path.
         let binary = std::fs::canonicalize(&binary).unwrap_or(binary);
         Ok(Self {
             binary,
-            jailer: locate_binary(jailer)?,
+            jailer: binaries::locate(jailer, Search::BesideShimThenPath)?,
             accel,
         })
     }
@@ -129,12 +129,10 @@ impl Vmm for QemuVmm {
                 gid: backend_uid,
             },
         };
-        backend
-            .validate()
-            .map_err(|e| VmmError::InvalidSpec(e.to_string()))?;
+        backend.validate()?;
         // The backend creates the hybrid socket in its directory, as its own uid.
         chown(&backend.jail.sockets, backend_uid, "the vsock backend")?;
-        write_config(&backend_config, backend.to_json(), "the vsock backend")?;
+        write_launch_file(&backend, &backend_config, "the vsock backend")?;
         let mut cmd = Command::new(&self.jailer);
         cmd.arg("--vsock-backend").arg(&backend_config);
         let listener = OwnedFd::from(vhost_listener);
@@ -151,9 +149,7 @@ impl Vmm for QemuVmm {
             chown(socket, qemu_uid, "qemu")?;
         }
         let exec = self.exec_config(spec, &dirs, qemu_uid, &vhost_path, &fs_path);
-        exec.validate()
-            .map_err(|e| VmmError::InvalidSpec(e.to_string()))?;
-        write_config(&qemu_config, exec.to_json(), "qemu")?;
+        write_launch_file(&exec, &qemu_config, "qemu")?;
         let mut cmd = Command::new(&self.jailer);
         cmd.arg("--exec").arg(&qemu_config);
         let qemu = Supervised::spawn("qemu", cmd, Stdout::Log, None, log)?;
@@ -240,15 +236,6 @@ fn chown(path: &Path, uid: u32, who: &'static str) -> Result<(), VmmError> {
         .map_err(|source| VmmError::Spawn { what: who, source })
 }
 
-fn write_config<E: std::fmt::Display>(
-    path: &Path,
-    json: Result<String, E>,
-    who: &'static str,
-) -> Result<(), VmmError> {
-    let json = json.map_err(|e| VmmError::InvalidSpec(e.to_string()))?;
-    std::fs::write(path, json).map_err(|source| VmmError::Spawn { what: who, source })
-}
-
 /// QEMU opens the kernel and initramfs as its unprivileged uid. The jail binds them in as
 /// root, so the directories above them do not matter, but the file must be readable by
 /// others.
@@ -262,32 +249,6 @@ fn readable_by_others(what: &'static str, path: &Path) -> Result<(), VmmError> {
         });
     }
     Ok(())
-}
-
-fn resolve_binary(name: &str) -> Result<PathBuf, VmmError> {
-    let candidates: Vec<PathBuf> = if name.contains('/') {
-        vec![PathBuf::from(name)]
-    } else {
-        std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
-            .unwrap_or_default()
-    };
-    candidates
-        .into_iter()
-        .find(|p| is_executable(p))
-        .ok_or_else(|| VmmError::HypervisorBinary {
-            name: name.to_string(),
-            reason: if name.contains('/') {
-                "does not exist or is not executable".into()
-            } else {
-                "was not found on PATH".into()
-            },
-        })
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(test)]
@@ -311,23 +272,5 @@ mod tests {
             err.contains("unprivileged uid") && err.contains("initrd.img"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn resolves_names_on_path_and_reports_missing() {
-        assert!(resolve_binary("sh").is_ok());
-        let err = resolve_binary("/nonexistent/qemu")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains("/nonexistent/qemu") && err.contains("qemu_path"),
-            "{err}"
-        );
-        let err = resolve_binary("no-such-qemu-binary")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("PATH"), "{err}");
     }
 }

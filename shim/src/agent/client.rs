@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Agent, AgentError};
+use super::{Agent, AgentError, StreamError};
 
 use async_trait::async_trait;
 use husk_hypervisor::VmExit;
@@ -237,24 +237,23 @@ impl Agent for AgentClient {
             "{:?} of {}/{}",
             header.kind, header.container_id, header.exec_id
         );
-        let fail = |reason: String| AgentError::Stream {
+        let fail = |source: StreamError| AgentError::Stream {
             what: what.clone(),
-            reason,
+            source,
         };
-        let bytes = header.encode().map_err(|e| fail(e.to_string()))?;
+        let bytes = header.encode().map_err(|e| fail(StreamError::Header(e)))?;
         let open = async {
-            let mut s = hybrid_client::connect(&self.uds, IO_VSOCK_PORT, STREAM_OPEN_TIMEOUT)
-                .await
-                .map_err(|e| e.to_string())?;
-            s.write_all(&bytes).await.map_err(|e| e.to_string())?;
-            match s.read_u8().await.map_err(|e| e.to_string())? {
+            let mut s =
+                hybrid_client::connect(&self.uds, IO_VSOCK_PORT, STREAM_OPEN_TIMEOUT).await?;
+            s.write_all(&bytes).await?;
+            match s.read_u8().await? {
                 STATUS_OK => Ok(s),
-                status => Err(format!("agent refused the stream (status {status})")),
+                status => Err(StreamError::Refused(status)),
             }
         };
         match tokio::time::timeout(STREAM_OPEN_TIMEOUT, open).await {
             Ok(r) => r.map_err(fail),
-            Err(_) => Err(fail(format!("timed out after {STREAM_OPEN_TIMEOUT:?}"))),
+            Err(_) => Err(fail(StreamError::Timeout(STREAM_OPEN_TIMEOUT))),
         }
     }
 }

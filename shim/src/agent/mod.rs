@@ -77,8 +77,30 @@ pub enum AgentError {
         method: &'static str,
         source: ttrpc::Error,
     },
-    #[error("opening {what} stream: {reason}")]
-    Stream { what: String, reason: String },
+    #[error("opening {what} stream: {source}")]
+    Stream {
+        what: String,
+        #[source]
+        source: StreamError,
+    },
+}
+
+/// Why one stdio stream could not be opened.
+#[derive(Debug, Error)]
+pub enum StreamError {
+    #[error("invalid stream header: {0}")]
+    Header(#[source] husk_protocol::io_stream::IoStreamError),
+    #[error(transparent)]
+    Connect(#[from] husk_hypervisor::hybrid_client::HybridConnectError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the agent refused the stream (status {0})")]
+    Refused(u8),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The VM is gone (as the fake agent of the tests reports it).
+    #[error("the VM is gone")]
+    VmGone,
 }
 
 impl AgentError {

@@ -26,15 +26,14 @@ use crate::stdio::{ProcessIo, StdioPaths};
 impl Shim {
     pub async fn create(self: &Arc<Self>, req: &CreateTaskRequest) -> TaskResult<u32> {
         let id = req.id.as_str();
-        ids::validate("container id", id).map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        ids::validate("container id", id).map_err(TaskError::invalid)?;
         if !req.checkpoint.is_empty() {
             return Err(TaskError::Unimplemented(
                 "husk cannot restore from a checkpoint".into(),
             ));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let spec =
-            guest_spec::load(&bundle).map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        let spec = guest_spec::load(&bundle).map_err(TaskError::invalid)?;
         let annotation = |k: &str| spec.annotations().as_ref().and_then(|a| a.get(k)).cloned();
         let group = annotation(SANDBOX_ID_ANNOTATION)
             .filter(|s| !s.is_empty())
@@ -43,7 +42,7 @@ impl Shim {
             "sandbox id (annotation io.kubernetes.cri.sandbox-id)",
             &group,
         )
-        .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        .map_err(TaskError::invalid)?;
         let is_sandbox = annotation(CONTAINER_TYPE_ANNOTATION).as_deref() == Some("sandbox");
 
         // Creates run one at a time under this lock, and a container is registered before
@@ -158,7 +157,7 @@ impl Shim {
         let id = init.container_id.as_str();
         let host_root = spec.root().as_ref().map(|r| bundle.join(r.path()));
         let (guest_json, binds) = guest_spec::for_guest(spec, id, self.sandbox_guest_pid())
-            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+            .map_err(TaskError::invalid)?;
         let rootfs = if req.rootfs.is_empty() {
             RootfsSource::Bind(host_root.ok_or_else(|| {
                 TaskError::InvalidArgument("no rootfs mounts and no root.path".into())

@@ -5,6 +5,9 @@ use ttrpc::{Code, get_status};
 
 use crate::agent::AgentError;
 
+/// Any error kept as the cause of a [`TaskError`].
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, Error)]
 pub enum TaskError {
     #[error("{0}")]
@@ -15,10 +18,22 @@ pub enum TaskError {
     FailedPrecondition(String),
     #[error("{0}")]
     InvalidArgument(String),
+    /// The request cannot be carried out as given; the cause says why.
+    #[error("{0}")]
+    BadRequest(#[source] Cause),
     #[error("{0}")]
     Unimplemented(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{context}: {source}")]
+    Failed {
+        context: &'static str,
+        #[source]
+        source: Cause,
+    },
+    /// The pod VM could not be started (its first container is refused).
+    #[error("starting the pod VM: {0}")]
+    PodStart(#[source] Cause),
     #[error(transparent)]
     Agent(#[from] AgentError),
 }
@@ -29,15 +44,28 @@ impl TaskError {
             TaskError::NotFound(_) => Code::NOT_FOUND,
             TaskError::AlreadyExists(_) => Code::ALREADY_EXISTS,
             TaskError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
-            TaskError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+            TaskError::InvalidArgument(_) | TaskError::BadRequest(_) => Code::INVALID_ARGUMENT,
             TaskError::Unimplemented(_) => Code::UNIMPLEMENTED,
-            TaskError::Internal(_) => Code::INTERNAL,
+            TaskError::Internal(_) | TaskError::Failed { .. } => Code::INTERNAL,
+            TaskError::PodStart(_) => Code::FAILED_PRECONDITION,
             TaskError::Agent(e) => e.code().unwrap_or(Code::UNAVAILABLE),
         }
     }
 
-    pub fn internal(context: &str, e: impl std::fmt::Display) -> Self {
-        TaskError::Internal(format!("{context}: {e}"))
+    /// `e` made the request invalid.
+    pub fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        TaskError::BadRequest(Box::new(e))
+    }
+
+    /// `e` kept the shim from doing what `context` says.
+    pub fn internal(
+        context: &'static str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        TaskError::Failed {
+            context,
+            source: Box::new(e),
+        }
     }
 }
 

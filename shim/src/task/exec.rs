@@ -12,6 +12,10 @@ use super::process::{Process, Status};
 use crate::ids;
 use crate::stdio::StdioPaths;
 
+#[derive(Debug, thiserror::Error)]
+#[error("exec process spec is not a valid OCI process: {0}")]
+struct InvalidProcessSpec(#[source] serde_json::Error);
+
 /// An OCI `process` object is a few KiB; refuse absurd ones before they reach the guest.
 const MAX_PROCESS_SPEC: usize = 1024 * 1024;
 
@@ -19,8 +23,7 @@ impl Shim {
     pub async fn exec(&self, req: &ExecProcessRequest) -> TaskResult<()> {
         // The exec id names files in the guest and stdio streams: containerd's identifier
         // rule, as for container ids.
-        ids::validate("exec id", &req.exec_id)
-            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        ids::validate("exec id", &req.exec_id).map_err(TaskError::invalid)?;
         let container = self.container(&req.id)?;
         if container.init.status() != Status::Running {
             return Err(TaskError::FailedPrecondition(format!(
@@ -41,9 +44,8 @@ impl Shim {
                 spec.len()
             )));
         }
-        let process: oci_spec::runtime::Process = serde_json::from_slice(&spec).map_err(|e| {
-            TaskError::InvalidArgument(format!("exec process spec is not a valid OCI process: {e}"))
-        })?;
+        let process: oci_spec::runtime::Process = serde_json::from_slice(&spec)
+            .map_err(|source| TaskError::invalid(InvalidProcessSpec(source)))?;
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(TaskError::InvalidArgument(
                 "exec process has no args".into(),

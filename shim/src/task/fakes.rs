@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use ttrpc::Code;
 
 use super::{TaskError, TaskResult};
-use crate::agent::{Agent, AgentError};
+use crate::agent::{Agent, AgentError, StreamError};
 use crate::container_files::{ContainerFilesError, RootfsSource};
 use crate::guest_spec::HostBind;
 use crate::pod::{Pod, PodHost};
@@ -218,7 +218,7 @@ impl Agent for FakeAgent {
             status = exit.wait_for(Option::is_some) => Ok(status.unwrap().unwrap()),
             _ = vm.wait_for(Option::is_some) => Err(AgentError::Stream {
                 what: "wait".into(),
-                reason: "the VM is gone".into(),
+                source: StreamError::VmGone,
             }),
         }
     }

@@ -317,7 +317,7 @@ async fn errors_carry_containerd_status_codes() {
     assert_eq!(code(w.shim.pids("c1").await), Some(Code::PERMISSION_DENIED));
     let unanswered = super::TaskError::Agent(crate::agent::AgentError::Stream {
         what: "stdout".into(),
-        reason: "gone".into(),
+        source: crate::agent::StreamError::Refused(1),
     });
     assert_eq!(unanswered.code(), Code::UNAVAILABLE);
     let status: ttrpc::Error = super::TaskError::NotFound("container c9 not found".into()).into();

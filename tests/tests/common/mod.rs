@@ -183,12 +183,12 @@ pub fn process_spec_is_honoured(bed: &TestBed) -> Result<()> {
         text.contains("mounts-ok"),
         "/proc, /sys or /dev missing: {text:?}"
     );
-    // husk's guest runs cgroup v2 with each container in /husk/<id>; the host's runc
-    // (cgroup v1 here) only has to report some membership.
+    // husk's guest runs cgroup v2 with each container in /husk/<id>; the host's runc puts
+    // it at the spec's cgroupsPath (one line per controller on a cgroup v1 host).
     let cgroup = if bed.runtime_type() == husk_tests::HUSK_RUNTIME {
         format!("cgroup=0::/husk/{id}")
     } else {
-        "cgroup=".to_string()
+        format!(":/{TEST_NAMESPACE}/{id}")
     };
     ensure!(
         text.contains(&cgroup),

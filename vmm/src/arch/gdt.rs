@@ -1,5 +1,8 @@
 //! Global descriptor table entries and their `kvm_segment` form (what the vCPU's segment
 //! registers hold after the GDT has been "loaded").
+//!
+//! Hand-written because no rust-vmm crate offers it (Firecracker keeps the same in-tree): a
+//! handful of constant descriptors.
 
 use kvm_bindings::kvm_segment;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};

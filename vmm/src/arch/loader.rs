@@ -39,7 +39,7 @@ pub fn load<M: GuestMemoryBackend>(
     vcpus: u8,
     kernel: &Path,
     initrd: Option<&Path>,
-    cmdline: &str,
+    cmdline: &Cmdline,
 ) -> Result<BootSetup, ArchError> {
     let read_err = |what: &'static str, path: &Path| {
         let path = path.display().to_string();
@@ -143,18 +143,21 @@ fn load_initrd<M: GuestMemoryBackend>(
     Ok(InitrdPlacement { addr, size })
 }
 
-/// Validates and writes the command line; returns its length without the NUL.
-pub fn write_cmdline<M: GuestMemoryBackend>(mem: &M, cmdline: &str) -> Result<usize, ArchError> {
-    if cmdline.len() >= CMDLINE_MAX_LEN {
+/// Writes the command line (bounded by its own capacity, at most [`CMDLINE_MAX_LEN`]);
+/// returns its length without the NUL.
+pub fn write_cmdline<M: GuestMemoryBackend>(
+    mem: &M,
+    cmdline: &Cmdline,
+) -> Result<usize, ArchError> {
+    let len = cmdline.as_cstring()?.as_bytes().len();
+    if len >= CMDLINE_MAX_LEN {
         return Err(ArchError::CmdlineTooLong {
-            len: cmdline.len(),
+            len,
             max: CMDLINE_MAX_LEN - 1,
         });
     }
-    let mut cl = Cmdline::new(CMDLINE_MAX_LEN)?;
-    cl.insert_str(cmdline)?;
-    load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cl)?;
-    Ok(cmdline.len())
+    load_cmdline(mem, GuestAddress(CMDLINE_ADDR), cmdline)?;
+    Ok(len)
 }
 
 #[cfg(test)]
@@ -182,15 +185,25 @@ mod tests {
         assert_eq!(initrd_limit(4 << 30, None), super::super::MMIO_GAP_START);
     }
 
+    fn cmdline(text: &str) -> Cmdline {
+        let mut cmdline = Cmdline::new(CMDLINE_MAX_LEN).unwrap();
+        cmdline.insert_str(text).unwrap();
+        cmdline
+    }
+
     #[test]
     fn cmdline_is_nul_terminated_at_0x20000_and_bounded() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        assert_eq!(write_cmdline(&mem, "console=ttyS0 quiet").unwrap(), 19);
+        assert_eq!(
+            write_cmdline(&mem, &cmdline("console=ttyS0 quiet")).unwrap(),
+            19
+        );
         let mut buf = [0u8; 20];
         mem.read_slice(&mut buf, GuestAddress(CMDLINE_ADDR))
             .unwrap();
         assert_eq!(&buf, b"console=ttyS0 quiet\0");
-        let long = "x".repeat(CMDLINE_MAX_LEN);
+        let mut long = Cmdline::new(4 * CMDLINE_MAX_LEN).unwrap();
+        long.insert_str("x".repeat(CMDLINE_MAX_LEN)).unwrap();
         assert!(matches!(
             write_cmdline(&mem, &long),
             Err(ArchError::CmdlineTooLong { .. })
@@ -203,19 +216,25 @@ mod tests {
         let bogus = dir.path().join("k");
         std::fs::write(&bogus, vec![0u8; 8192]).unwrap();
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
-        assert!(load(&mem, 64 << 20, 1, &bogus, None, "").is_err());
+        assert!(load(&mem, 64 << 20, 1, &bogus, None, &cmdline("")).is_err());
         let mut elf = b"\x7fELF".to_vec();
         elf.resize(100, 0xff);
         std::fs::write(&bogus, elf).unwrap();
-        assert!(load(&mem, 64 << 20, 1, &bogus, None, "").is_err());
-        assert!(load(&mem, 64 << 20, 1, &dir.path().join("missing"), None, "").is_err());
+        assert!(load(&mem, 64 << 20, 1, &bogus, None, &cmdline("")).is_err());
+        let missing = dir.path().join("missing");
+        assert!(load(&mem, 64 << 20, 1, &missing, None, &cmdline("")).is_err());
     }
 
-    /// Boot structures for the real husk kernel, as `cargo xtask build` leaves it in
-    /// `target/husk` (`cargo xtask test` builds it before the tests run).
+    /// Boot structures for the real husk kernel, as `cargo xtask build` leaves it in the
+    /// artifacts directory (`$HUSK_ARTIFACTS`, which `cargo xtask test` sets after building
+    /// it, else `target/husk`).
     #[test]
     fn loads_the_husk_kernel() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/husk");
+        let dir = std::env::var_os("HUSK_ARTIFACTS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/husk")
+            });
         let (vmlinux, bzimage) = (dir.join("vmlinux"), dir.join("vmlinuz"));
         assert!(
             vmlinux.is_file() && bzimage.is_file(),
@@ -223,12 +242,28 @@ mod tests {
             dir.display()
         );
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 256 << 20)]).unwrap();
-        let setup = load(&mem, 256 << 20, 2, &vmlinux, None, "console=ttyS0").unwrap();
+        let setup = load(
+            &mem,
+            256 << 20,
+            2,
+            &vmlinux,
+            None,
+            &cmdline("console=ttyS0"),
+        )
+        .unwrap();
         assert!(
             matches!(setup.protocol, EntryProtocol::Pvh { .. }),
             "{setup:?}"
         );
-        let setup = load(&mem, 256 << 20, 1, &bzimage, None, "console=ttyS0").unwrap();
+        let setup = load(
+            &mem,
+            256 << 20,
+            1,
+            &bzimage,
+            None,
+            &cmdline("console=ttyS0"),
+        )
+        .unwrap();
         let EntryProtocol::Linux64 { entry, .. } = setup.protocol else {
             unreachable!("a bzImage boots through the 64-bit protocol");
         };

@@ -113,6 +113,8 @@ pub enum ArchError {
     CmdlineTooLong { len: usize, max: usize },
     #[error("kernel command line: {0}")]
     Cmdline(#[from] linux_loader::cmdline::Error),
+    #[error("writing the boot parameters: {0}")]
+    BootParams(#[from] linux_loader::configurator::Error),
     #[error("the MP table for {0} vCPUs does not fit below 1 MiB")]
     MpTableTooBig(u32),
 }

@@ -6,6 +6,9 @@
 //! (header, one processor entry per vCPU, the ISA bus, the IOAPIC, one interrupt entry per
 //! IOAPIC pin, and the two local interrupt entries for LINT0/LINT1). Built as bytes, so the
 //! checksums are easy to verify.
+//!
+//! Hand-written because no maintained rust-vmm crate writes MP tables (Firecracker and
+//! Cloud Hypervisor each carry their own, in-tree), and it is small and checksummed.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 

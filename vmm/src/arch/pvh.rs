@@ -3,10 +3,12 @@
 //! at an `hvm_start_info` that lists the command line, the initramfs and the memory map.
 //! Faster than the bzImage path: no decompressor, no real-mode setup code.
 
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::zero_page::InitrdPlacement;
 use super::{
@@ -20,49 +22,52 @@ const START_INFO_VERSION: u32 = 1;
 /// Memory map entries that fit in the page at [`PVH_MEMMAP_ADDR`].
 const MAX_MEMMAP_ENTRIES: usize = 0x1000 / std::mem::size_of::<hvm_memmap_table_entry>();
 
-/// Writes the start info, module list and memory map.
+/// Writes the start info, module list and memory map (through linux-loader's PVH boot
+/// configurator).
 pub fn write_start_info<M: GuestMemoryBackend>(
     mem: &M,
     initrd: Option<InitrdPlacement>,
     memmap: &[MemoryRange],
 ) -> Result<hvm_start_info, ArchError> {
-    let err = |what| move |source| ArchError::Write { what, source };
     if memmap.len() > MAX_MEMMAP_ENTRIES {
         return Err(ArchError::MemoryTooSmall(0));
     }
-    for (i, range) in (0u64..).zip(memmap) {
-        let entry = hvm_memmap_table_entry {
+    let entries: Vec<hvm_memmap_table_entry> = memmap
+        .iter()
+        .map(|range| hvm_memmap_table_entry {
             addr: range.addr,
             size: range.size,
             type_: range.kind,
             reserved: 0,
-        };
-        let at = PVH_MEMMAP_ADDR + i * std::mem::size_of::<hvm_memmap_table_entry>() as u64;
-        mem.write_obj(entry, GuestAddress(at))
-            .map_err(err("PVH memory map"))?;
-    }
+        })
+        .collect();
     let mut info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC,
         version: START_INFO_VERSION,
         cmdline_paddr: CMDLINE_ADDR,
         memmap_paddr: PVH_MEMMAP_ADDR,
         // Bounded by MAX_MEMMAP_ENTRIES above.
-        memmap_entries: u32::try_from(memmap.len()).unwrap_or(0),
+        memmap_entries: u32::try_from(entries.len()).unwrap_or(0),
         ..Default::default()
     };
-    if let Some(initrd) = initrd {
-        let module = hvm_modlist_entry {
+    let modules: Vec<hvm_modlist_entry> = initrd
+        .map(|initrd| hvm_modlist_entry {
             paddr: initrd.addr,
             size: initrd.size,
             ..Default::default()
-        };
-        mem.write_obj(module, GuestAddress(PVH_MODLIST_ADDR))
-            .map_err(err("PVH module list"))?;
+        })
+        .into_iter()
+        .collect();
+    if !modules.is_empty() {
         info.nr_modules = 1;
         info.modlist_paddr = PVH_MODLIST_ADDR;
     }
-    mem.write_obj(info, GuestAddress(PVH_INFO_ADDR))
-        .map_err(err("PVH start info"))?;
+    let mut params = BootParams::new(&info, GuestAddress(PVH_INFO_ADDR));
+    params.set_sections(&entries, GuestAddress(PVH_MEMMAP_ADDR));
+    if !modules.is_empty() {
+        params.set_modules(&modules, GuestAddress(PVH_MODLIST_ADDR));
+    }
+    PvhBootConfigurator::write_bootparams::<M>(&params, mem)?;
     Ok(info)
 }
 
@@ -70,7 +75,7 @@ pub fn write_start_info<M: GuestMemoryBackend>(
 mod tests {
     use super::*;
     use crate::arch::e820_map;
-    use vm_memory::GuestMemoryMmap;
+    use vm_memory::{Bytes, GuestMemoryMmap};
 
     #[test]
     fn start_info_points_at_cmdline_modules_and_memmap() {

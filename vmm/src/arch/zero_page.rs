@@ -1,8 +1,10 @@
 //! The Linux zero page (`struct boot_params`) for the 64-bit boot protocol
 //! (Documentation/arch/x86/boot.rst): setup header, command line, initramfs, e820 map.
 
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::{ArchError, CMDLINE_ADDR, MemoryRange, ZERO_PAGE_ADDR};
 
@@ -76,20 +78,19 @@ pub fn build(
     Ok(params)
 }
 
-/// Writes the zero page at [`ZERO_PAGE_ADDR`].
+/// Writes the zero page at [`ZERO_PAGE_ADDR`] (through linux-loader's Linux boot
+/// configurator).
 pub fn write<M: GuestMemoryBackend>(mem: &M, params: &boot_params) -> Result<(), ArchError> {
-    mem.write_obj(*params, GuestAddress(ZERO_PAGE_ADDR))
-        .map_err(|source| ArchError::Write {
-            what: "zero page",
-            source,
-        })
+    let params = BootParams::new(params, GuestAddress(ZERO_PAGE_ADDR));
+    LinuxBootConfigurator::write_bootparams::<M>(&params, mem)?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::arch::{E820_RAM, e820_map};
-    use vm_memory::GuestMemoryMmap;
+    use vm_memory::{Bytes, GuestMemoryMmap};
 
     #[test]
     fn elf_zero_page_has_magic_cmdline_initrd_and_e820() {

@@ -6,8 +6,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use linux_loader::cmdline::Cmdline;
 use slog::Logger;
 use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::arch::{BOOT_TIMER_MMIO_ADDR, IOAPIC_ADDR, IRQ_MAX, IRQ_VIRTIO_BASE, VIRTIO_MMIO_START};
@@ -53,8 +55,16 @@ pub struct DeviceManager {
     irqs: IdAllocator,
     pub pio_bus: Bus,
     pub mmio_bus: Bus,
-    cmdline: Vec<String>,
+    /// What the guest kernel is told about: the boot-timer page, then each virtio-mmio
+    /// window and its IRQ line, in the order they were added.
+    announced: Vec<Announcement>,
     handlers: Vec<VirtioHandler>,
+}
+
+/// A device the kernel command line must name.
+enum Announcement {
+    BootTimer(u64),
+    VirtioMmio { base: u64, gsi: u32 },
 }
 
 fn eventfd() -> Result<EventFd, DeviceManagerError> {
@@ -74,7 +84,7 @@ impl DeviceManager {
                 .map_err(DeviceManagerError::Allocate)?,
             pio_bus: Bus::new(),
             mmio_bus: Bus::new(),
-            cmdline: Vec::new(),
+            announced: Vec::new(),
             handlers: Vec::new(),
         })
     }
@@ -110,10 +120,8 @@ impl DeviceManager {
         )));
         self.mmio_bus
             .insert(BOOT_TIMER_MMIO_ADDR, BOOT_TIMER_MMIO_LEN, timer)?;
-        self.cmdline.push(format!(
-            "{}={BOOT_TIMER_MMIO_ADDR:#x}",
-            husk_protocol::BOOT_TIMER_CMDLINE_KEY
-        ));
+        self.announced
+            .push(Announcement::BootTimer(BOOT_TIMER_MMIO_ADDR));
         Ok(())
     }
 
@@ -163,14 +171,25 @@ impl DeviceManager {
         self.mmio_bus.insert(base, MMIO_WINDOW, transport.clone())?;
         self.handlers
             .push(VirtioHandler::new(transport, kicks, log));
-        self.cmdline
-            .push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+        self.announced.push(Announcement::VirtioMmio { base, gsi });
         Ok(base)
     }
 
-    /// Kernel parameters announcing the virtio devices and the boot-timer page.
-    pub fn cmdline_entries(&self) -> &[String] {
-        &self.cmdline
+    /// Appends the parameters announcing the boot-timer page and the virtio devices
+    /// (linux-loader's `virtio_mmio.device=<size>@<base>:<irq>` entries).
+    pub fn announce(&self, cmdline: &mut Cmdline) -> Result<(), linux_loader::cmdline::Error> {
+        for device in &self.announced {
+            match device {
+                Announcement::BootTimer(addr) => cmdline.insert(
+                    husk_protocol::BOOT_TIMER_CMDLINE_KEY,
+                    format!("{addr:#x}").as_str(),
+                )?,
+                Announcement::VirtioMmio { base, gsi } => {
+                    cmdline.add_virtio_mmio_device(MMIO_WINDOW, GuestAddress(*base), *gsi, None)?
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The event-loop side of every virtio device.

@@ -13,26 +13,32 @@ use vm_memory::{
 use super::{KvmError, Vm, ioctl};
 use crate::arch::ram_regions;
 
+fn memory<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> KvmError {
+    move |e| KvmError::Memory {
+        what,
+        source: Box::new(e),
+    }
+}
+
 /// Allocates `size` bytes of memfd-backed guest RAM laid out around the MMIO gap.
 pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, KvmError> {
     let fd = memfd_create(c"husk-guest-ram", MemFdCreateFlag::MFD_CLOEXEC)
-        .map_err(|e| KvmError::Memory(format!("memfd_create: {e}")))?;
+        .map_err(memory("creating the guest RAM memfd"))?;
     let file = File::from(fd);
-    file.set_len(size)
-        .map_err(|e| KvmError::Memory(format!("sizing guest RAM to {size} bytes: {e}")))?;
+    file.set_len(size).map_err(memory("sizing guest RAM"))?;
     let mut ranges = Vec::new();
     let mut offset = 0u64;
     for (addr, len) in ram_regions(size) {
         let clone = file
             .try_clone()
-            .map_err(|e| KvmError::Memory(format!("dup of the memfd: {e}")))?;
-        let len_usize = usize::try_from(len)
-            .map_err(|_| KvmError::Memory(format!("{len} bytes do not fit in memory")))?;
+            .map_err(memory("duplicating the guest RAM memfd"))?;
+        let len_usize = usize::try_from(len).map_err(|_| KvmError::GuestTooLarge(len))?;
         ranges.push((addr, len_usize, Some(FileOffset::new(clone, offset))));
         offset += len;
     }
-    GuestMemoryMmap::from_ranges_with_files(ranges)
-        .map_err(|e| KvmError::Memory(format!("mapping guest RAM: {e}")))
+    GuestMemoryMmap::from_ranges_with_files(ranges).map_err(memory("mapping guest RAM"))
 }
 
 /// Gives every region of `mem` to the VM as a memory slot.
@@ -40,7 +46,7 @@ pub fn register(vm: &Vm, mem: &GuestMemoryMmap) -> Result<(), KvmError> {
     for (slot, region) in (0u32..).zip(mem.iter()) {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
-            .map_err(|e| KvmError::Memory(format!("host address of region {slot}: {e}")))?;
+            .map_err(memory("finding a guest RAM region's host address"))?;
         let desc = kvm_userspace_memory_region {
             slot,
             flags: 0,

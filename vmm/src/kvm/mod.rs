@@ -24,8 +24,18 @@ pub enum KvmError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
-    #[error("guest memory: {0}")]
-    Memory(String),
+    #[error("guest memory: {what}: {source}")]
+    Memory {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("guest memory: {0} bytes do not fit in this host's address space")]
+    GuestTooLarge(u64),
+    #[error("building the boot MSR list: {0}")]
+    MsrList(#[source] vmm_sys_util::fam::Error),
+    #[error("KVM accepted {set} of {wanted} boot MSRs")]
+    MsrsRejected { set: usize, wanted: usize },
     #[error("host lacks KVM capability {0}")]
     MissingCapability(&'static str),
 }

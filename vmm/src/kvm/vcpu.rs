@@ -59,14 +59,13 @@ impl Vcpu {
         boot: Option<&BootRegs>,
     ) -> Result<(), KvmError> {
         self.fd.set_cpuid2(cpuid).map_err(ioctl("SET_CPUID2"))?;
-        let entries =
-            Msrs::from_entries(msrs).map_err(|e| KvmError::Memory(format!("MSR list: {e:?}")))?;
+        let entries = Msrs::from_entries(msrs).map_err(KvmError::MsrList)?;
         let set = self.fd.set_msrs(&entries).map_err(ioctl("SET_MSRS"))?;
         if set != msrs.len() {
-            return Err(KvmError::Memory(format!(
-                "KVM accepted {set} of {} boot MSRs",
-                msrs.len()
-            )));
+            return Err(KvmError::MsrsRejected {
+                set,
+                wanted: msrs.len(),
+            });
         }
         self.fd.set_fpu(&fpu()).map_err(ioctl("SET_FPU"))?;
         self.set_lint()?;
