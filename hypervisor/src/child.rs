@@ -102,27 +102,8 @@ impl Supervised {
             tokio::spawn(forward_lines(out, log.clone(), None));
         }
         let (exit_tx, exit) = watch::channel(None);
-        let (kill, mut kill_rx) = mpsc::channel::<()>(1);
-        tokio::spawn(async move {
-            let status = tokio::select! {
-                s = child.wait() => s,
-                _ = kill_rx.recv() => {
-                    // start_kill is a no-op error if the child was already reaped.
-                    let _ = child.start_kill();
-                    child.wait().await
-                }
-            };
-            match status {
-                Ok(status) => {
-                    debug!(log, "process ended"; "status" => describe(status));
-                    let _ = exit_tx.send(Some(status));
-                }
-                Err(e) => {
-                    warn!(log, "waiting for process failed"; "error" => %e);
-                    let _ = exit_tx.send(Some(ExitStatus::from_raw(libc::SIGKILL)));
-                }
-            }
-        });
+        let (kill, kill_rx) = mpsc::channel::<()>(1);
+        tokio::spawn(reap(child, kill_rx, exit_tx, log));
         Ok(Self {
             role,
             pid,
@@ -171,6 +152,33 @@ impl Supervised {
         match waited {
             Ok(Ok(status)) => status.unwrap_or_else(|| ExitStatus::from_raw(libc::SIGKILL)),
             _ => ExitStatus::from_raw(libc::SIGKILL),
+        }
+    }
+}
+
+/// Waits for `child` (killing it when asked) and publishes how it ended.
+async fn reap(
+    mut child: tokio::process::Child,
+    mut kill_rx: mpsc::Receiver<()>,
+    exit_tx: watch::Sender<Option<ExitStatus>>,
+    log: Logger,
+) {
+    let status = tokio::select! {
+        s = child.wait() => s,
+        _ = kill_rx.recv() => {
+            // start_kill is a no-op error if the child was already reaped.
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    match status {
+        Ok(status) => {
+            debug!(log, "process ended"; "status" => describe(status));
+            let _ = exit_tx.send(Some(status));
+        }
+        Err(e) => {
+            warn!(log, "waiting for process failed"; "error" => %e);
+            let _ = exit_tx.send(Some(ExitStatus::from_raw(libc::SIGKILL)));
         }
     }
 }

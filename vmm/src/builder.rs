@@ -14,6 +14,7 @@ use linux_loader::cmdline::Cmdline;
 use slog::{Logger, info, warn};
 use vmm_sys_util::epoll::EventSet;
 
+use crate::arch::loader::BootSetup;
 use crate::arch::{self, ArchError, regs::boot_regs};
 use crate::device_manager::{DeviceManager, DeviceManagerError};
 use crate::devices::virtio::fs::VirtioFs;
@@ -90,34 +91,7 @@ pub fn build<W: Write + Send + 'static>(
     let exit = Arc::new(ExitSignal::new()?);
     let mut devices = DeviceManager::new()?;
     devices.add_legacy_devices(&vm, exit.clone(), serial_out, created, log)?;
-    if let Some(v) = &config.vsock {
-        let dlog = log.new(slog::o!("device" => "vsock"));
-        let device = VsockDevice::new(v.guest_cid, &v.uds_path, dlog.clone())?;
-        devices.add_virtio_device(
-            &vm,
-            Box::new(Vsock::new(device, dlog.clone())),
-            mem.clone(),
-            &dlog,
-        )?;
-    }
-    if let Some(fs) = &config.fs {
-        let dlog = log.new(slog::o!("device" => "virtio-fs"));
-        let device = VirtioFs::connect(&fs.socket, &fs.tag, dlog.clone())?;
-        devices.add_virtio_device(&vm, Box::new(device), mem.clone(), &dlog)?;
-    }
-    for n in &config.net {
-        let dlog = log.new(slog::o!("device" => "net", "tap" => n.tap.clone()));
-        let tap = Tap::open(&n.tap).map_err(|source| BuildError::Tap {
-            name: n.tap.clone(),
-            source,
-        })?;
-        devices.add_virtio_device(
-            &vm,
-            Box::new(Net::new(tap, n.mac, dlog.clone())),
-            mem.clone(),
-            &dlog,
-        )?;
-    }
+    add_virtio_devices(&mut devices, &vm, config, &mem, log)?;
     let mut cmdline = Cmdline::new(arch::CMDLINE_MAX_LEN).map_err(ArchError::from)?;
     cmdline
         .insert_str(config.cmdline.trim())
@@ -133,19 +107,7 @@ pub fn build<W: Write + Send + 'static>(
     )?;
     info!(log, "guest loaded"; "entry" => format!("{:?}", setup.protocol),
           "kernel_end" => format!("{:#x}", setup.kernel_end));
-    let supported = vm.supported_cpuid()?;
-    let msrs = msr::boot_msrs(&vm.msr_index_list()?);
-    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-    for id in 0..config.vcpus {
-        let vcpu = Vcpu::new(vm.create_vcpu(id)?, id);
-        let boot = (id == 0).then(|| boot_regs(setup.protocol, Default::default()));
-        vcpu.configure(
-            &cpuid::for_vcpu(&supported, id, config.vcpus),
-            &msrs,
-            boot.as_ref(),
-        )?;
-        vcpus.push(vcpu);
-    }
+    let vcpus = create_vcpus(&vm, config.vcpus, &setup)?;
     let ctx = VcpuContext {
         pio: Arc::new(devices.pio_bus.clone()),
         mmio: Arc::new(devices.mmio_bus.clone()),
@@ -162,6 +124,63 @@ pub fn build<W: Write + Send + 'static>(
         created,
         log: log.clone(),
     })
+}
+
+/// The virtio devices `config` asks for: vsock, virtio-fs, one virtio-net per tap.
+fn add_virtio_devices(
+    devices: &mut DeviceManager,
+    vm: &Vm,
+    config: &VmConfig,
+    mem: &Memory,
+    log: &Logger,
+) -> Result<(), BuildError> {
+    if let Some(v) = &config.vsock {
+        let dlog = log.new(slog::o!("device" => "vsock"));
+        let device = VsockDevice::new(v.guest_cid, &v.uds_path, dlog.clone())?;
+        devices.add_virtio_device(
+            vm,
+            Box::new(Vsock::new(device, dlog.clone())),
+            mem.clone(),
+            &dlog,
+        )?;
+    }
+    if let Some(fs) = &config.fs {
+        let dlog = log.new(slog::o!("device" => "virtio-fs"));
+        let device = VirtioFs::connect(&fs.socket, &fs.tag, dlog.clone())?;
+        devices.add_virtio_device(vm, Box::new(device), mem.clone(), &dlog)?;
+    }
+    for n in &config.net {
+        let dlog = log.new(slog::o!("device" => "net", "tap" => n.tap.clone()));
+        let tap = Tap::open(&n.tap).map_err(|source| BuildError::Tap {
+            name: n.tap.clone(),
+            source,
+        })?;
+        devices.add_virtio_device(
+            vm,
+            Box::new(Net::new(tap, n.mac, dlog.clone())),
+            mem.clone(),
+            &dlog,
+        )?;
+    }
+    Ok(())
+}
+
+/// `count` vCPUs with their CPUID and boot MSRs; the first one gets the boot registers.
+fn create_vcpus(vm: &Vm, count: u8, setup: &BootSetup) -> Result<Vec<Vcpu>, BuildError> {
+    let supported = vm.supported_cpuid()?;
+    let msrs = msr::boot_msrs(&vm.msr_index_list()?);
+    let mut vcpus = Vec::with_capacity(usize::from(count));
+    for id in 0..count {
+        let vcpu = Vcpu::new(vm.create_vcpu(id)?, id);
+        let boot = (id == 0).then(|| boot_regs(setup.protocol, Default::default()));
+        vcpu.configure(
+            &cpuid::for_vcpu(&supported, id, count),
+            &msrs,
+            boot.as_ref(),
+        )?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
 }
 
 /// Wakes the event loop when the VM must stop.

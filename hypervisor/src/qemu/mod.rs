@@ -111,38 +111,9 @@ impl Vmm for QemuVmm {
         // Runs once every process is gone and the files are removed.
         let own_dirs = dirs.clone();
         vm.add_cleanup(Box::new(move || own_dirs.remove([qemu_id, backend_id])));
-        let vhost_listener =
-            std::os::unix::net::UnixListener::bind(&vhost_path).map_err(|source| {
-                VmmError::Socket {
-                    path: vhost_path.clone(),
-                    source,
-                }
-            })?;
-        let backend = BackendConfig {
-            name: spec.name.clone(),
-            guest_cid: spec.vsock.guest_cid,
-            uds_path: spec.vsock.uds_path.clone(),
-            jail: JailConfig {
-                root: spec.run_dir.join(BACKEND_ROOT_DIR),
-                sockets: spec.socket_dir()?,
-                uid: backend_uid,
-                gid: backend_uid,
-            },
-        };
-        backend.validate()?;
-        // The backend creates the hybrid socket in its directory, as its own uid.
-        chown(&backend.jail.sockets, backend_uid, "the vsock backend")?;
-        write_launch_file(&backend, &backend_config, "the vsock backend")?;
-        let mut cmd = Command::new(&self.jailer);
-        cmd.arg("--vsock-backend").arg(&backend_config);
-        let listener = OwnedFd::from(vhost_listener);
-        vm.add_helper(Supervised::spawn(
-            "vsock-backend",
-            cmd,
-            Stdout::Null,
-            Some(listener),
-            log,
-        )?);
+        let backend =
+            self.spawn_vsock_backend(spec, backend_uid, &vhost_path, &backend_config, log)?;
+        vm.add_helper(backend);
         vm.add_helper(virtiofsd::spawn(&spec.shared_fs, &fs_path, log)?);
         // QEMU runs as a uid of the pod's own; only it may connect to its two sockets.
         for socket in [&vhost_path, &fs_path] {
@@ -162,6 +133,49 @@ impl Vmm for QemuVmm {
 }
 
 impl QemuVmm {
+    /// husk-vmm as QEMU's hybrid-vsock device (`--vsock-backend`), jailed as `uid`, serving
+    /// vhost-user on a listener at `vhost_path` that it inherits.
+    fn spawn_vsock_backend(
+        &self,
+        spec: &VmSpec,
+        uid: u32,
+        vhost_path: &Path,
+        config_path: &Path,
+        log: &Logger,
+    ) -> Result<Supervised, VmmError> {
+        let vhost_listener =
+            std::os::unix::net::UnixListener::bind(vhost_path).map_err(|source| {
+                VmmError::Socket {
+                    path: vhost_path.to_path_buf(),
+                    source,
+                }
+            })?;
+        let backend = BackendConfig {
+            name: spec.name.clone(),
+            guest_cid: spec.vsock.guest_cid,
+            uds_path: spec.vsock.uds_path.clone(),
+            jail: JailConfig {
+                root: spec.run_dir.join(BACKEND_ROOT_DIR),
+                sockets: spec.socket_dir()?,
+                uid,
+                gid: uid,
+            },
+        };
+        backend.validate()?;
+        // The backend creates the hybrid socket in its directory, as its own uid.
+        chown(&backend.jail.sockets, uid, "the vsock backend")?;
+        write_launch_file(&backend, config_path, "the vsock backend")?;
+        let mut cmd = Command::new(&self.jailer);
+        cmd.arg("--vsock-backend").arg(config_path);
+        Supervised::spawn(
+            "vsock-backend",
+            cmd,
+            Stdout::Null,
+            Some(OwnedFd::from(vhost_listener)),
+            log,
+        )
+    }
+
     fn exec_config(
         &self,
         spec: &VmSpec,

@@ -26,24 +26,7 @@ use crate::stdio::{ProcessIo, StdioPaths};
 impl Shim {
     pub async fn create(self: &Arc<Self>, req: &CreateTaskRequest) -> TaskResult<u32> {
         let id = req.id.as_str();
-        ids::validate("container id", id).map_err(TaskError::invalid)?;
-        if !req.checkpoint.is_empty() {
-            return Err(TaskError::Unimplemented(
-                "husk cannot restore from a checkpoint".into(),
-            ));
-        }
-        let bundle = PathBuf::from(&req.bundle);
-        let spec = guest_spec::load(&bundle).map_err(TaskError::invalid)?;
-        let annotation = |k: &str| spec.annotations().as_ref().and_then(|a| a.get(k)).cloned();
-        let group = annotation(SANDBOX_ID_ANNOTATION)
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| id.to_string());
-        ids::validate(
-            "sandbox id (annotation io.kubernetes.cri.sandbox-id)",
-            &group,
-        )
-        .map_err(TaskError::invalid)?;
-        let is_sandbox = annotation(CONTAINER_TYPE_ANNOTATION).as_deref() == Some("sandbox");
+        let (spec, group, is_sandbox) = check_create(req)?;
 
         // Creates run one at a time under this lock, and a container is registered before
         // it is released: checking for the id here reserves it, so a duplicate Create is
@@ -59,31 +42,19 @@ impl Shim {
             Err(e) => {
                 if self.container_count() == 0 {
                     // Nothing to serve without a pod: exit after replying.
-                    if let Ok(mut slot) = self.pod.lock() {
-                        *slot = PodSlot::Gone;
-                    }
-                    self.request_exit();
+                    self.give_up_pod(None).await;
                 }
                 return Err(e);
             }
         };
-        let stdio = StdioPaths {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
-        let init = Arc::new(Process::new(id, "", stdio, Vec::new()));
+        let init = Arc::new(Process::new(id, "", stdio_paths(req), Vec::new()));
+        let bundle = PathBuf::from(&req.bundle);
         let created = self.create_in_pod(&pod, &init, &bundle, req, spec).await;
         if let Err(e) = created {
             warn!(self.log, "create failed"; "container" => id, "error" => %e);
             if booted_here {
                 // The pod exists only for this container: take it down and exit.
-                if let Ok(mut slot) = self.pod.lock() {
-                    *slot = PodSlot::Gone;
-                }
-                pod.shutdown().await;
-                self.request_exit();
+                self.give_up_pod(Some(&pod)).await;
             }
             return Err(e);
         }
@@ -93,22 +64,26 @@ impl Shim {
         }
         drop(guard);
 
-        let mut ev = TaskCreate::new();
-        ev.container_id = id.to_string();
-        ev.bundle = req.bundle.clone();
-        ev.rootfs = req.rootfs.clone();
-        let mut io = TaskIO::new();
-        io.stdin = req.stdin.clone();
-        io.stdout = req.stdout.clone();
-        io.stderr = req.stderr.clone();
-        io.terminal = req.terminal;
-        ev.io = MessageField::some(io);
-        ev.pid = pod.vm.pid();
         self.publisher
-            .publish(TASK_CREATE_EVENT_TOPIC, Box::new(ev))
+            .publish(
+                TASK_CREATE_EVENT_TOPIC,
+                Box::new(create_event(req, pod.vm.pid())),
+            )
             .await;
         self.spawn_exit_monitor(pod.clone(), init);
         Ok(pod.vm.pid())
+    }
+
+    /// No pod will be served any more: `pod` (if it was booted) is taken down, then the
+    /// shim exits once the current reply is out.
+    pub(super) async fn give_up_pod(&self, pod: Option<&Pod>) {
+        if let Ok(mut slot) = self.pod.lock() {
+            *slot = PodSlot::Gone;
+        }
+        if let Some(pod) = pod {
+            pod.shutdown().await;
+        }
+        self.request_exit();
     }
 
     /// The running pod, or a newly booted one for the first container.
@@ -198,4 +173,52 @@ impl Shim {
         }
         result
     }
+}
+
+/// The request's checks before anything is touched: its ids, no checkpoint, a valid bundle.
+/// Returns the bundle's spec, the pod it belongs to and whether it is the pod's sandbox.
+fn check_create(req: &CreateTaskRequest) -> TaskResult<(Spec, String, bool)> {
+    let id = req.id.as_str();
+    ids::validate("container id", id).map_err(TaskError::invalid)?;
+    if !req.checkpoint.is_empty() {
+        return Err(TaskError::Unimplemented(
+            "husk cannot restore from a checkpoint".into(),
+        ));
+    }
+    let spec = guest_spec::load(Path::new(&req.bundle)).map_err(TaskError::invalid)?;
+    let annotation = |k: &str| spec.annotations().as_ref().and_then(|a| a.get(k)).cloned();
+    let group = annotation(SANDBOX_ID_ANNOTATION)
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| id.to_string());
+    ids::validate(
+        "sandbox id (annotation io.kubernetes.cri.sandbox-id)",
+        &group,
+    )
+    .map_err(TaskError::invalid)?;
+    let is_sandbox = annotation(CONTAINER_TYPE_ANNOTATION).as_deref() == Some("sandbox");
+    Ok((spec, group, is_sandbox))
+}
+
+fn stdio_paths(req: &CreateTaskRequest) -> StdioPaths {
+    StdioPaths {
+        stdin: req.stdin.clone(),
+        stdout: req.stdout.clone(),
+        stderr: req.stderr.clone(),
+        terminal: req.terminal,
+    }
+}
+
+fn create_event(req: &CreateTaskRequest, pid: u32) -> TaskCreate {
+    let mut ev = TaskCreate::new();
+    ev.container_id = req.id.clone();
+    ev.bundle = req.bundle.clone();
+    ev.rootfs = req.rootfs.clone();
+    let mut io = TaskIO::new();
+    io.stdin = req.stdin.clone();
+    io.stdout = req.stdout.clone();
+    io.stderr = req.stderr.clone();
+    io.terminal = req.terminal;
+    ev.io = MessageField::some(io);
+    ev.pid = pid;
+    ev
 }

@@ -117,7 +117,19 @@ fn measure(
     }
     step("memory and CPU of one idle pod");
     let idle = idle_pod(&ctr, &image.reference, &scope.id("idle"))?;
+    let mut r = start_up_report(bare, husk_first, husk_total, runc_first, runc_total);
+    r.push_str(&idle_report(&idle));
+    Ok(r)
+}
 
+/// The report's head and its start-up table.
+fn start_up_report(
+    bare: Samples,
+    husk_first: Vec<Duration>,
+    husk_total: Vec<Duration>,
+    runc_first: Vec<Duration>,
+    runc_total: Vec<Duration>,
+) -> String {
     let mut r = String::from("# husk benchmarks\n\n");
     r.push_str(&format!(
         "Measured by `cargo xtask bench` on {} ({} CPUs, {}), {}.\n",
@@ -142,6 +154,12 @@ fn measure(
     r.push_str(&Samples(runc_first).row("runc: `ctr run --rm` to the first output byte"));
     r.push_str(&Samples(runc_total).row("runc: `ctr run --rm … echo` until ctr exits"));
     r.push_str("\nMethod: a private containerd 1.6; `ctr run --rm --runtime <rt> busybox-local <id> echo hi`, the clock starts when ctr is spawned and stops at the first byte on its stdout. The bare boot runs `qemu-system-x86_64` with the shim's machine, CPU and kernel command line, without devices, and stops at the agent's `agent starting` console line.\n\n");
+    r
+}
+
+/// The idle pod's memory table and CPU line.
+fn idle_report(idle: &IdlePod) -> String {
+    let mut r = String::new();
     r.push_str(
         "## Memory of one idle pod (`sleep` container)\n\n| process | PSS | RSS |\n|---|---|---|\n",
     );
@@ -162,7 +180,7 @@ fn measure(
     ));
     r.push_str(&format!("\nIdle CPU of the pod (all its host processes, averaged over {} s): **{:.0} millicores**.\n", CPU_WINDOW.as_secs(), idle.millicores));
     r.push_str("\nMethod: `ctr run -d … sleep 1000`, wait until RUNNING plus 3 s, then sum `Pss`/`Rss` from `/proc/<pid>/smaps_rollup` of every process whose command line names the pod (shim, QEMU, its vsock backend, virtiofsd). Guest RAM is a shared memfd: QEMU's PSS counts the guest pages the guest has touched.\n");
-    Ok(r)
+    r
 }
 
 /// Spawns `ctr run --rm`, returns (time to first stdout byte, time to exit).

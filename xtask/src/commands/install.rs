@@ -38,21 +38,7 @@ const CTR_TIMEOUT: Duration = Duration::from_secs(120);
 pub fn run(ws: &Workspace) -> Result<()> {
     let default_config = ws.root.join("deploy/config.toml");
     let dropin = ws.root.join("deploy").join(DROPIN_NAME);
-    // Check the inputs before building or touching the system.
-    for (file, what) in [
-        (&default_config, "the default husk config"),
-        (
-            &dropin,
-            "the containerd drop-in registering runtime handler `husk`",
-        ),
-    ] {
-        if !file.is_file() {
-            bail!(
-                "{} ({what}) is missing from the repository; it is needed to install husk",
-                file.display()
-            );
-        }
-    }
+    check_inputs(&default_config, &dropin)?;
     if !super::is_root() {
         bail!("install writes to /usr/local, /usr/share and /etc: run it as root");
     }
@@ -77,6 +63,65 @@ pub fn run(ws: &Workspace) -> Result<()> {
     let a = build::run(ws)?;
     let pause = BusyboxImage::ensure_pause(&ws.cache)?;
     step("installing");
+    let pause_archive = install_files(&a, &pause, &default_config)?;
+
+    step(format!(
+        "registering runtime handler `husk` with containerd {version}"
+    ));
+    let dropin_path = Path::new(CONTAINERD_DROPIN_DIR).join(DROPIN_NAME);
+    write_atomic(&dropin_text, &dropin_path)?;
+    note(format!(
+        "{} (sandbox_image = {PAUSE_IMAGE_REF}{})",
+        dropin_path.display(),
+        if major < 2 {
+            "; carries the CRI settings of the main config, which containerd 1.x would \
+             otherwise drop"
+        } else {
+            ""
+        }
+    ));
+    if let Some(text) = new_main {
+        if !main.is_empty() && !Path::new(CONTAINERD_CONFIG_BACKUP).exists() {
+            write_atomic(&main, Path::new(CONTAINERD_CONFIG_BACKUP))?;
+            note(format!(
+                "saved the previous config as {CONTAINERD_CONFIG_BACKUP}"
+            ));
+        }
+        write_atomic(&text, Path::new(CONTAINERD_CONFIG))?;
+        note(format!("{CONTAINERD_CONFIG}: imports {glob}"));
+    }
+    import_pause(&pause_archive);
+    note("restart containerd to pick up runtime handler `husk`: systemctl restart containerd");
+    Ok(())
+}
+
+/// The repository files install needs exist (checked before building or touching the
+/// system).
+fn check_inputs(default_config: &Path, dropin: &Path) -> Result<()> {
+    for (file, what) in [
+        (default_config, "the default husk config"),
+        (
+            dropin,
+            "the containerd drop-in registering runtime handler `husk`",
+        ),
+    ] {
+        if !file.is_file() {
+            bail!(
+                "{} ({what}) is missing from the repository; it is needed to install husk",
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The binaries, guest images, virtiofsd, the pause image and (if absent) the config;
+/// returns where the pause image archive went.
+fn install_files(
+    a: &husk_tests::Artifacts,
+    pause: &BusyboxImage,
+    default_config: &Path,
+) -> Result<std::path::PathBuf> {
     let pause_archive = Path::new(SHARE_DIR).join(PAUSE_ARCHIVE);
     let installs = [
         (a.shim(), Path::new(BIN_DIR).join(SHIM_BINARY), 0o755),
@@ -107,38 +152,11 @@ pub fn run(ws: &Workspace) -> Result<()> {
             default_config.display()
         ));
     } else {
-        copy_atomic(&default_config, config, 0o644)?;
+        copy_atomic(default_config, config, 0o644)?;
         note(CONFIG_FILE);
     }
 
-    step(format!(
-        "registering runtime handler `husk` with containerd {version}"
-    ));
-    let dropin_path = Path::new(CONTAINERD_DROPIN_DIR).join(DROPIN_NAME);
-    write_atomic(&dropin_text, &dropin_path)?;
-    note(format!(
-        "{} (sandbox_image = {PAUSE_IMAGE_REF}{})",
-        dropin_path.display(),
-        if major < 2 {
-            "; carries the CRI settings of the main config, which containerd 1.x would \
-             otherwise drop"
-        } else {
-            ""
-        }
-    ));
-    if let Some(text) = new_main {
-        if !main.is_empty() && !Path::new(CONTAINERD_CONFIG_BACKUP).exists() {
-            write_atomic(&main, Path::new(CONTAINERD_CONFIG_BACKUP))?;
-            note(format!(
-                "saved the previous config as {CONTAINERD_CONFIG_BACKUP}"
-            ));
-        }
-        write_atomic(&text, Path::new(CONTAINERD_CONFIG))?;
-        note(format!("{CONTAINERD_CONFIG}: imports {glob}"));
-    }
-    import_pause(&pause_archive);
-    note("restart containerd to pick up runtime handler `husk`: systemctl restart containerd");
-    Ok(())
+    Ok(pause_archive)
 }
 
 /// Imports the pause image into a running containerd (namespace `k8s.io`), or says how.
