@@ -123,6 +123,9 @@ impl Canaries {
     }
 }
 
+/// How many plants [`guest_root_script`] tries.
+const PLANTS: usize = 9;
+
 /// What the attacker does as guest root, against the containers `next` (made after it) and
 /// its own `own`; `file_mount` and `dir_mount` are the names the shim gives the next
 /// containers' bind-mount targets. Run by the guest kernel as a core-dump helper, in the
@@ -360,7 +363,17 @@ async fn guest_cannot_redirect_the_shim_through_the_share() -> Result<()> {
         }
         canaries.check(&shim_mountinfo(shim_pid)?, &format!("after {id}"))?;
     }
-    // The share is a read-only view: nothing could be planted, so every victim works.
+    // The attack reached the share (it listed it, its own directory included) and every
+    // plant was tried; the share is a read-only view: nothing could be planted, so every
+    // victim works.
+    ensure!(
+        !report.contains("NO-SHARE") && report.lines().any(|l| l.trim() == attacker),
+        "the guest root never saw the share, so the attack proves nothing: {report}"
+    );
+    ensure!(
+        report.matches("refused: ").count() == PLANTS,
+        "expected {PLANTS} refused plants: {report}"
+    );
     ensure!(
         !report.contains("planted:"),
         "the guest changed the share's directory tree: {report}"

@@ -78,11 +78,18 @@ impl Rig {
         self.write(next, at + 14);
     }
 
-    /// Offers `head` in slot 0 and sets the available index.
+    /// Offers `head` as the `avail_idx`-th buffer (in the slot that index ends at) and
+    /// publishes the available index.
     fn offer(&self, q: usize, head: u16, avail_idx: u16) {
         let avail = ring_base(q) + 0x1000;
-        self.write(head, avail + 4);
+        let slot = u64::from(avail_idx.wrapping_sub(1) % SIZE);
+        self.write(head, avail + 4 + 2 * slot);
         self.write(avail_idx, avail + 2);
+    }
+
+    /// How many buffers of queue `q` the device has taken.
+    fn taken(&self, q: usize) -> u16 {
+        self.vrings[q].get_ref().get_queue().next_avail()
     }
 
     fn enabled(&self, q: usize) -> bool {
@@ -147,15 +154,27 @@ fn descriptor_loops_and_wild_buffers_are_dropped_without_spinning() {
     rig.desc(TX_QUEUE, 0, 0x100, 64, F_NEXT, 0);
     rig.offer(TX_QUEUE, 0, 1);
     let rig = rig.handle(TX_EVENT);
+    assert_eq!(
+        rig.taken(TX_QUEUE),
+        1,
+        "the looping chain was not looked at"
+    );
     rig.desc(TX_QUEUE, 1, 0x100, 0, 0, 0);
     rig.offer(TX_QUEUE, 1, 2);
     let rig = rig.handle(TX_EVENT);
+    assert_eq!(
+        rig.taken(TX_QUEUE),
+        2,
+        "the zero-length buffer was not looked at"
+    );
     rig.desc(TX_QUEUE, 2, u64::MAX - 8, 44, 0, 0);
     rig.offer(TX_QUEUE, 2, 3);
     let rig = rig.handle(TX_EVENT);
+    assert_eq!(rig.taken(TX_QUEUE), 3, "the wild buffer was not looked at");
     // A head index outside the ring.
     rig.offer(TX_QUEUE, SIZE + 1, 4);
     let rig = rig.handle(TX_EVENT);
+    assert_eq!(rig.taken(TX_QUEUE), 4, "the bad head was not looked at");
     assert!(
         rig.enabled(TX_QUEUE),
         "bad chains are dropped; the queue stays usable"

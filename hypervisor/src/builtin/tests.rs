@@ -61,13 +61,12 @@ fn vm_config_follows_the_spec_and_prefers_vmlinux() {
         }
     );
 
+    let bzimage = dir.path().join("vmlinuz");
+    assert_eq!(preferred_kernel(&bzimage), bzimage, "no vmlinux to prefer");
     std::fs::write(dir.path().join("vmlinux"), "").unwrap();
     let c = BuiltinVmm::vm_config(&s, &fs).unwrap();
     assert_eq!(c.kernel, dir.path().join("vmlinux"));
-    assert_eq!(
-        preferred_kernel(&dir.path().join("vmlinux")),
-        dir.path().join("vmlinux")
-    );
+    assert_eq!(preferred_kernel(&bzimage), dir.path().join("vmlinux"));
 }
 
 #[test]

@@ -296,9 +296,16 @@ impl CriWorld {
             .collect()
     }
 
-    /// The QEMU processes of sandbox `id` (its pod directory is named after it).
+    /// The monitor of sandbox `id` (its pod directory is named after it): QEMU, or husk-vmm
+    /// running the VM (`--config`; not QEMU's vsock backend, `--vsock-backend`).
     pub fn vmms(id: &str) -> Vec<ProcInfo> {
-        Self::processes("qemu-system-x86_64", id)
+        let mut vmms = Self::processes("qemu-system-x86_64", id);
+        vmms.extend(
+            Self::processes("husk-vmm", id)
+                .into_iter()
+                .filter(|p| p.mentions("--config")),
+        );
+        vmms
     }
 
     /// Everything of the test that is still there: what the generic checker finds for the

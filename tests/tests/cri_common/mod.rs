@@ -141,6 +141,10 @@ pub fn wait_no_vmm(pod: &str) -> Result<Duration> {
 /// StopPodSandbox → NOTREADY and the VM gone → RemovePodSandbox → gone.
 pub fn stop_and_remove_pod(w: &CriWorld, pod: &str) -> Result<()> {
     let c = w.client();
+    ensure!(
+        !CriWorld::vmms(pod).is_empty(),
+        "pod {pod} has no VM to stop: the check below would prove nothing"
+    );
     c.stop_pod_sandbox(pod)?;
     let s = c
         .pod_sandbox_status(pod, false)?

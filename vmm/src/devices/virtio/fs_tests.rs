@@ -146,9 +146,18 @@ fn hands_memory_and_rings_to_the_backend_and_relays_its_interrupts() {
     assert_eq!(irq.status(), INT_VRING);
     assert_eq!(request.used(), vec![(head, 7)]);
 
-    // Reset stops the rings; the device can be activated again afterwards.
+    // After a reset the driver may set the device up again.
     fs.reset();
-    fs.host_event(1);
+    let hiprio = DriverQueue::new(&mem, 0);
+    let request = DriverQueue::new(&mem, 1);
+    fs.activate(Activation {
+        mem: mem.clone(),
+        queues: vec![hiprio.device_queue(), request.device_queue()],
+        irq: irq.clone(),
+        kicks: kicks.iter().map(|k| k.try_clone().unwrap()).collect(),
+        acked_features: (1 << VIRTIO_F_VERSION_1) | (1 << 34),
+    })
+    .unwrap();
 }
 
 #[test]
@@ -161,9 +170,18 @@ fn activation_refuses_wrong_queue_counts() {
         log(),
     )
     .unwrap();
-    let mut config = [0u8; 36];
+    let mut config = [0u8; 40];
     fs.read_config(0, &mut config);
-    assert_eq!(config.len(), MAX_TAG_LEN, "tag cut to the config field");
+    assert_eq!(
+        &config[..MAX_TAG_LEN],
+        &b"a-tag-that-is-far-too-long-for-the-config-space"[..MAX_TAG_LEN],
+        "tag cut to the config field"
+    );
+    assert_eq!(
+        &config[MAX_TAG_LEN..],
+        &1u32.to_le_bytes(),
+        "the queue count follows"
+    );
     let mem: Memory = Arc::new(create_guest_memory(MEM_SIZE as u64).unwrap());
     let q = DriverQueue::new(&mem, 0);
     let err = fs

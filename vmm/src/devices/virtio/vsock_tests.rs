@@ -71,7 +71,14 @@ fn host_connect_reaches_the_guest_and_the_reply_reaches_the_host() {
     vsock.reset();
     vsock.host_event(0);
     let mut rest = Vec::new();
-    let _ = client.read_to_end(&mut rest);
+    match client.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.ends_with(b"\n"), "only the OK line came: {rest:?}"),
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "the connection outlived the reset"
+        ),
+    }
     vsock.queue_event(1);
 }
 

@@ -398,9 +398,7 @@ mod tests {
 
     #[test]
     fn dpkg_orders_versions() {
-        if Cmd::new("dpkg").arg("--version").output().is_err() {
-            return; // not a Debian machine
-        }
+        // husk's machines are Debian: without dpkg, `deps` itself cannot work.
         assert!(debian_version_gt("2.1.9~ds1-5", "2.0.2~ds1-1").unwrap());
         assert!(!debian_version_gt("2.1.9~ds1-5", "2.1.9-1").unwrap());
     }
