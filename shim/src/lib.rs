@@ -14,6 +14,7 @@ pub mod ids;
 pub mod isolation;
 pub mod logger;
 pub mod mounts;
+pub mod network;
 pub mod pod;
 pub mod pod_cgroup;
 pub mod pod_dir;

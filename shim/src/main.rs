@@ -1,3 +1,6 @@
+//! `containerd-shim-husk-v2`: parses containerd's shim command line and runs the action it
+//! names (`start`, `delete`, serve, `check`); the work is in the `husk_shim` library.
+
 use std::process::ExitCode;
 
 use husk_shim::args::{Action, Args};

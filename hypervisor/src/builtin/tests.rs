@@ -1,3 +1,5 @@
+//! The husk-vmm launcher: the VM description it writes, its errors, and its child's life.
+
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 

@@ -1,3 +1,5 @@
+//! Walks below the pod directory against planted symlinks, files and mounts.
+
 use std::os::unix::fs::symlink;
 
 use super::*;

@@ -1,3 +1,5 @@
+//! Addresses, IRQs, irqfd/ioeventfd wiring and command-line announcements.
+
 use std::cell::RefCell;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};

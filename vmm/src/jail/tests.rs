@@ -1,3 +1,5 @@
+//! The jail and the seccomp filters, applied in a re-executed child and attacked there.
+
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};

@@ -1,3 +1,5 @@
+//! One connection's state machine: handshakes, credit, shutdowns and resets.
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};

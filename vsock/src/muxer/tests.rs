@@ -1,3 +1,5 @@
+//! The muxer against host clients and guest packets: forwarding, limits, refusals.
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;

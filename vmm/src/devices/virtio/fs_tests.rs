@@ -1,3 +1,5 @@
+//! virtio-fs against a fake vhost-user backend: set-up, kicks, interrupts, reset.
+
 use std::io;
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, RwLock};

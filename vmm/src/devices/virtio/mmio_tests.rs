@@ -1,3 +1,5 @@
+//! The virtio-mmio transport's register protocol against a driver that misbehaves.
+
 use std::sync::{Arc, Mutex};
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};

@@ -1,3 +1,5 @@
+//! virtio-net against a socketpair standing in for the tap, and against corrupt rings.
+
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;

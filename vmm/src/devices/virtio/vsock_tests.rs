@@ -1,3 +1,5 @@
+//! The vsock device behind the mmio transport: connections through the rings, reset.
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
