@@ -2,7 +2,7 @@
 //! with bounded capture of their output and an exit notification.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -40,13 +40,13 @@ pub(crate) enum Stdout {
 }
 
 impl Supervised {
-    /// Spawns `cmd`. `inherit` is an fd the child receives as fd 3 (a pre-bound listener);
-    /// no other descriptor above stderr survives the exec.
+    /// Spawns `cmd`. `inherit` are descriptors the child receives as fds 3, 4, … (a
+    /// pre-bound listener, a pod's taps); no other descriptor above stderr survives the exec.
     pub(crate) fn spawn(
         role: &'static str,
         mut cmd: Command,
         stdout: Stdout,
-        inherit: Option<OwnedFd>,
+        inherit: Vec<OwnedFd>,
         log: &Logger,
     ) -> Result<Self, VmmError> {
         cmd.stdin(Stdio::null())
@@ -56,9 +56,16 @@ impl Supervised {
                 Stdout::Null => Stdio::null(),
             })
             .kill_on_drop(true);
-        let inherit_raw = inherit.as_ref().map(AsRawFd::as_raw_fd);
+        if inherit.len() > crate::fd_passing::MAX_INHERITED {
+            return Err(VmmError::Spawn {
+                what: role,
+                source: std::io::Error::from_raw_os_error(libc::EMFILE),
+            });
+        }
+        let inherit_raw: Vec<RawFd> = inherit.iter().map(AsRawFd::as_raw_fd).collect();
         let parent = std::process::id();
-        let first_closed: u32 = if inherit_raw.is_some() { 4 } else { 3 };
+        // Bounded by MAX_INHERITED above.
+        let first_closed = 3 + u32::try_from(inherit_raw.len()).unwrap_or(0);
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
         // syscalls (prctl, getppid, dup2, fcntl, kill, close_range) on fds it owns.
         unsafe {
@@ -71,8 +78,8 @@ impl Supervised {
                 if u32::try_from(libc::getppid()).ok() != Some(parent) {
                     libc::kill(libc::getpid(), libc::SIGKILL);
                 }
-                if let Some(fd) = inherit_raw {
-                    crate::fd_passing::inherit_as_fd3(fd)?;
+                if !inherit_raw.is_empty() {
+                    crate::fd_passing::inherit_from_fd3(&inherit_raw)?;
                 }
                 // Whatever the shim holds without O_CLOEXEC stays behind. CLOEXEC rather
                 // than close: std's exec-error pipe must live until the exec.
@@ -298,7 +305,7 @@ mod tests {
         let log = Logger::root(slog::Discard, slog::o!());
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo boom >&2; exit 3"]);
-        let child = Supervised::spawn("test", cmd, Stdout::Null, None, &log).unwrap();
+        let child = Supervised::spawn("test", cmd, Stdout::Null, Vec::new(), &log).unwrap();
         let status = child.stop(Duration::from_secs(5)).await;
         assert_eq!(status.code(), Some(3));
         // stderr forwarding races the exit; give it a moment.
@@ -311,12 +318,42 @@ mod tests {
         assert!(child.stderr_tail().contains("boom"));
     }
 
+    /// Descriptors arrive from fd 3 on, in order, whatever numbers they had; nothing else
+    /// the parent holds is inherited.
+    #[tokio::test]
+    async fn inherited_descriptors_arrive_from_fd_3_in_order() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let (r1, w1) = nix::unistd::pipe().unwrap();
+        let (r2, w2) = nix::unistd::pipe().unwrap();
+        let stray = std::fs::File::open("/dev/null").unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "echo one >&3; echo two >&4; ls /proc/self/fd > {}",
+            out.display()
+        ));
+        let child = Supervised::spawn("fds", cmd, Stdout::Null, vec![w1, w2], &log).unwrap();
+        let status = child.stop(Duration::from_secs(5)).await;
+        assert!(status.success(), "{status:?}: {}", child.stderr_tail());
+        for (r, want) in [(r1, "one\n"), (r2, "two\n")] {
+            let mut got = String::new();
+            std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut got).unwrap();
+            assert_eq!(got, want);
+        }
+        let fds = std::fs::read_to_string(&out).unwrap();
+        let numbers: Vec<u32> = fds.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        // 0-2, the two passed, and the one `ls` opens for /proc/self/fd.
+        assert!(numbers.iter().all(|&n| n <= 5), "{numbers:?}");
+        drop(stray);
+    }
+
     #[tokio::test]
     async fn stop_kills_after_grace() {
         let log = Logger::root(slog::Discard, slog::o!());
         let mut cmd = Command::new("sleep");
         cmd.arg("100");
-        let child = Supervised::spawn("sleeper", cmd, Stdout::Null, None, &log).unwrap();
+        let child = Supervised::spawn("sleeper", cmd, Stdout::Null, Vec::new(), &log).unwrap();
         let status = child.stop(Duration::from_millis(50)).await;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
         assert!(child.has_exited());

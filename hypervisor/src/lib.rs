@@ -31,6 +31,6 @@ pub use select::{
     ALLOW_EMULATION_KEY, BackendChoice, Selection, SoftwareEmulation, TCG_IS_NOT_A_BOUNDARY,
     select, select_with,
 };
-pub use spec::{SharedFsSpec, VmSpec, VsockSpec};
+pub use spec::{NetSpec, SharedFsSpec, VmSpec, VsockSpec};
 pub use vmm::{VmExit, VmHandle, Vmm, VmmError};
 pub use vmm_ids::IdRange;

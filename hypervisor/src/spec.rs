@@ -31,6 +31,45 @@ pub struct VmSpec {
     pub shared_fs: SharedFsSpec,
     /// Where the monitor's unprivileged uid/gid comes from (one per pod).
     pub vmm_ids: IdRange,
+    /// The pod's network interfaces, each a virtio-net device of the VM.
+    pub net: Vec<NetSpec>,
+}
+
+/// A pod interface the VM takes over: its tap, opened by the shim in the pod's network
+/// namespace, and the MAC the guest NIC gets.
+#[derive(Debug, Clone)]
+pub struct NetSpec {
+    /// The pod interface it carries (`eth0`), for logs.
+    pub name: String,
+    pub mac: [u8; 6],
+    /// The tap's descriptor; the backend hands the VMM a duplicate.
+    pub tap: std::sync::Arc<std::os::fd::OwnedFd>,
+}
+
+impl NetSpec {
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub fn mac_text(&self) -> String {
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
+impl VmSpec {
+    /// Duplicates of the taps' descriptors, for the VMM to inherit from fd 3 on.
+    pub(crate) fn tap_fds(&self) -> Result<Vec<std::os::fd::OwnedFd>, VmmError> {
+        self.net
+            .iter()
+            .map(|n| {
+                n.tap.try_clone().map_err(|source| VmmError::Spawn {
+                    what: "the VM's network (duplicating a tap)",
+                    source,
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +217,7 @@ mod tests {
                 count: 16,
                 lock_dir: dir.join("ids"),
             },
+            net: Vec::new(),
         }
     }
 

@@ -38,7 +38,7 @@ pub(crate) fn spawn(
         "virtiofsd",
         cmd,
         Stdout::Null,
-        Some(OwnedFd::from(listener)),
+        vec![OwnedFd::from(listener)],
         log,
     )
 }

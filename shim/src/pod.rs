@@ -2,11 +2,12 @@
 //! shim. [`Pod::boot`] makes the real one; the parts are traits ([`VmHandle`], [`Agent`],
 //! [`PodHost`]) so the task state machine can be tested with fakes.
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use husk_hypervisor::{
-    HostProbe, IdRange, SharedFsSpec, VmHandle, VmSpec, VsockSpec, spec::GUEST_CID,
+    HostProbe, IdRange, NetSpec, SharedFsSpec, VmHandle, VmSpec, VsockSpec, spec::GUEST_CID,
 };
 use slog::{Logger, info, warn};
 use thiserror::Error;
@@ -16,6 +17,7 @@ use crate::agent::{Agent, AgentClient, AgentError};
 use crate::config::Config;
 use crate::container_files::{self, ContainerFilesError, RootfsSource};
 use crate::guest_spec::HostBind;
+use crate::network::{NetworkError, PodNetwork};
 use crate::pod_cgroup::{PodCgroup, PodCgroupError};
 use crate::pod_dir::{PodDir, PodDirError};
 use crate::sizing::PodSize;
@@ -33,6 +35,8 @@ pub enum PodError {
     Vmm(#[from] husk_hypervisor::VmmError),
     #[error(transparent)]
     Cgroup(#[from] PodCgroupError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     #[error("{source}{diagnostics}")]
     Agent {
         source: AgentError,
@@ -70,6 +74,8 @@ pub trait PodHost: Send + Sync {
 struct HostState {
     dir: PodDir,
     cgroup: PodCgroup,
+    /// Taken (and detached) when the host state is removed.
+    network: tokio::sync::Mutex<Option<PodNetwork>>,
     log: Logger,
 }
 
@@ -94,11 +100,14 @@ impl Pod {
     /// Boots the pod VM and waits for its agent. Everything started is torn down again on
     /// failure.
     /// `cgroup`: the pod cgroup's path ([`crate::pod_cgroup::path_for`]); the shim joins it
-    /// before anything is started.
+    /// before anything is started. `netns`: the pod's network namespace, whose interfaces
+    /// the VM takes over ([`PodNetwork`]); without one the VM has no network device.
+    #[allow(clippy::too_many_arguments)]
     pub async fn boot(
         id: &str,
         hostname: &str,
         cgroup: &str,
+        netns: Option<&Path>,
         config: &Config,
         size: &PodSize,
         log: &Logger,
@@ -115,61 +124,87 @@ impl Pod {
         info!(log, "pod VM size"; "vcpus" => size.vcpus, "memory_mib" => size.memory_mib, "from" => size.source);
         let cgroup = PodCgroup::create_and_join(cgroup)?;
         info!(log, "pod cgroup joined"; "cgroup" => cgroup.path());
-        let dir = PodDir::new(&config.runtime.state_dir, id);
-        if let Err(e) = dir.create() {
-            remove_cgroup(&cgroup, &log);
-            return Err(e.into());
+        let host = HostState {
+            dir: PodDir::new(&config.runtime.state_dir, id),
+            cgroup,
+            network: tokio::sync::Mutex::new(None),
+            log: log.clone(),
+        };
+        let started = Self::start(
+            id,
+            hostname,
+            netns,
+            config,
+            size,
+            &*selection.vmm,
+            &host,
+            &log,
+        );
+        match started.await {
+            Ok((vm, agent)) => Ok(Self::new(id, vm, Box::new(agent), Box::new(host), &log)),
+            Err(e) => {
+                host.remove().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Self::boot`] once the pod's host state exists; on failure the caller removes it.
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        id: &str,
+        hostname: &str,
+        netns: Option<&Path>,
+        config: &Config,
+        size: &PodSize,
+        vmm: &dyn husk_hypervisor::Vmm,
+        host: &HostState,
+        log: &Logger,
+    ) -> Result<(Box<dyn VmHandle>, AgentClient), PodError> {
+        host.dir.create()?;
+        let mut net = Vec::new();
+        if let Some(netns) = netns {
+            let network = PodNetwork::attach(netns, log).await?;
+            net = net_specs(&network)?;
+            *host.network.lock().await = Some(network);
         }
         let started = Instant::now();
-        let vm = match selection
-            .vmm
-            .launch(&vm_spec(id, &dir, config, size), &log)
-            .await
-        {
-            Ok(vm) => vm,
-            Err(e) => {
-                let _ = dir.destroy();
-                remove_cgroup(&cgroup, &log);
-                return Err(e.into());
-            }
-        };
+        let vm = vmm
+            .launch(&vm_spec(id, &host.dir, config, size, net), log)
+            .await?;
         let deadline = Instant::now() + config.connect_timeout();
         let connected = AgentClient::connect(
-            &dir.vsock_uds(),
+            &host.dir.vsock_uds(),
             deadline,
             vm.exited(),
             config.rpc_timeout(),
         )
         .await;
-        let (agent, check) = match connected {
-            Ok(c) => c,
-            Err(source) => return Err(Self::abort_boot(vm, &dir, &cgroup, source, &log).await),
+        let created = match connected {
+            Ok((agent, check)) => {
+                let ready = started.elapsed();
+                match agent.create_sandbox(id, hostname, SHARED_FS_TAG).await {
+                    Ok(()) => Ok((agent, check, ready)),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
         };
-        let ready = started.elapsed();
-        if let Err(source) = agent.create_sandbox(id, hostname, SHARED_FS_TAG).await {
-            return Err(Self::abort_boot(vm, &dir, &cgroup, source, &log).await);
-        }
+        let (agent, check, ready) = match created {
+            Ok(c) => c,
+            Err(source) => return Err(Self::failed_vm(vm, source, log).await),
+        };
         info!(log, "pod VM ready";
             "boot_to_agent_ms" => u64::try_from(ready.as_millis()).unwrap_or(u64::MAX),
             "guest_uptime_at_agent_ms" => check.boot_to_agent_ms,
             "guest_kernel" => &check.kernel_release,
             "agent_version" => &check.agent_version,
             "vmm_pid" => vm.pid());
-        let host = HostState {
-            dir,
-            cgroup,
-            log: log.clone(),
-        };
-        Ok(Self::new(id, vm, Box::new(agent), Box::new(host), &log))
+        Ok((vm, agent))
     }
 
-    async fn abort_boot(
-        vm: Box<dyn VmHandle>,
-        dir: &PodDir,
-        cgroup: &PodCgroup,
-        source: AgentError,
-        log: &Logger,
-    ) -> PodError {
+    /// Stops a VM whose agent did not come up, with what the VMM said.
+    async fn failed_vm(vm: Box<dyn VmHandle>, source: AgentError, log: &Logger) -> PodError {
         vm.stop(Duration::ZERO).await;
         let diag = vm.diagnostics();
         let diagnostics = if diag.is_empty() {
@@ -178,10 +213,6 @@ impl Pod {
             format!("; VMM output: {diag}")
         };
         warn!(log, "pod VM failed to start"; "error" => %source, "diagnostics" => &diag);
-        if let Err(e) = dir.destroy() {
-            warn!(log, "cleaning up the pod directory"; "error" => %e);
-        }
-        remove_cgroup(cgroup, log);
         PodError::Agent {
             source,
             diagnostics,
@@ -243,6 +274,10 @@ impl PodHost for HostState {
     }
 
     async fn remove(&self) {
+        // The VM is gone: its taps' redirects go, then the taps.
+        if let Some(network) = self.network.lock().await.take() {
+            network.detach().await;
+        }
         let dir = self.dir.clone();
         let destroyed = tokio::task::spawn_blocking(move || dir.destroy())
             .await
@@ -266,7 +301,13 @@ fn remove_cgroup(cgroup: &PodCgroup, log: &Logger) {
 
 /// The VM description for pod `id`: the configured kernel and initramfs, the agent's log
 /// level, `size`, and the pod directory's sockets and shared directory.
-pub fn vm_spec(id: &str, dir: &PodDir, config: &Config, size: &PodSize) -> VmSpec {
+pub fn vm_spec(
+    id: &str,
+    dir: &PodDir,
+    config: &Config,
+    size: &PodSize,
+    net: Vec<NetSpec>,
+) -> VmSpec {
     let h = &config.hypervisor;
     VmSpec {
         name: id.chars().take(32).collect(),
@@ -296,5 +337,27 @@ pub fn vm_spec(id: &str, dir: &PodDir, config: &Config, size: &PodSize) -> VmSpe
             count: h.jail.id_count,
             lock_dir: h.jail.id_lock_dir.clone(),
         },
+        net,
     }
+}
+
+/// The VM's network devices: one per pod interface, with its tap and MAC.
+fn net_specs(network: &PodNetwork) -> Result<Vec<NetSpec>, PodError> {
+    network
+        .interfaces()
+        .zip(network.taps())
+        .map(|(interface, tap)| {
+            let tap = tap.try_clone().map_err(|source| {
+                PodError::Vmm(husk_hypervisor::VmmError::Spawn {
+                    what: "the VM's network (duplicating a tap)",
+                    source,
+                })
+            })?;
+            Ok(NetSpec {
+                name: interface.name.clone(),
+                mac: interface.mac,
+                tap: std::sync::Arc::new(tap),
+            })
+        })
+        .collect()
 }

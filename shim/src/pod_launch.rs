@@ -2,7 +2,7 @@
 //! running [`Pod`]. [`VmLauncher`] is the real one (configuration, sizing, cgroup, VM,
 //! agent); the task state machine's unit tests give the shim a fake.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use containerd_shim_protos::api::CreateTaskRequest;
@@ -64,10 +64,32 @@ impl PodLauncher for VmLauncher {
             group,
         )
         .map_err(TaskError::invalid)?;
-        Pod::boot(group, &hostname, &cgroup, &config, &size, log)
-            .await
-            .map_err(|e| TaskError::PodStart(Box::new(e)))
+        let netns = network_namespace_path(spec);
+        Pod::boot(
+            group,
+            &hostname,
+            &cgroup,
+            netns.as_deref(),
+            &config,
+            &size,
+            log,
+        )
+        .await
+        .map_err(|e| TaskError::PodStart(Box::new(e)))
     }
+}
+
+/// The network namespace CNI set up for the pod (CRI names it in the sandbox spec); none
+/// when the runtime was to create one (`ctr run`), in which case the VM gets no network.
+fn network_namespace_path(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)?
+        .path()
+        .clone()
 }
 
 /// A pod that shares the host's network has no network namespace in its sandbox spec.

@@ -49,6 +49,7 @@ fn spec(artifacts: &Artifacts, dir: &Path, name: &str) -> Result<VmSpec> {
         },
         run_dir,
         vmm_ids: ids(),
+        net: Vec::new(),
     })
 }
 

@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 pub use exec::ExecConfig;
 pub use jail::{Bind, Contents, JailConfig, Link};
 pub use vm::{
-    FsConfig, MAX_CMDLINE_LEN, MAX_DEVICES, MAX_FS_TAG_LEN, MAX_MEMORY_MIB, MAX_VCPUS,
-    MIN_MEMORY_MIB, NetConfig, VmConfig, VsockConfig,
+    FIRST_TAP_FD, FsConfig, MAX_CMDLINE_LEN, MAX_DEVICES, MAX_FS_TAG_LEN, MAX_MEMORY_MIB,
+    MAX_VCPUS, MIN_MEMORY_MIB, NetConfig, VmConfig, VsockConfig,
 };
 pub use vsock_backend::{BackendConfig, VHOST_LISTENER_FD};
 

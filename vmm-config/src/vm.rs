@@ -68,10 +68,17 @@ pub struct FsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
-    /// Tap interface name in the monitor's network namespace.
-    pub tap: String,
+    /// The pod interface the device carries (`eth0`), for logs.
+    pub name: String,
+    /// The tap, a descriptor the monitor inherits: the `i`-th device's is fd `3 + i`
+    /// ([`FIRST_TAP_FD`]), already set up by the shim in the pod's network namespace.
+    pub fd: i32,
+    /// The guest NIC's MAC.
     pub mac: [u8; 6],
 }
+
+/// The first inherited tap descriptor; the others follow in device order.
+pub const FIRST_TAP_FD: i32 = 3;
 
 impl VmConfig {
     pub fn memory_bytes(&self) -> u64 {
@@ -110,9 +117,12 @@ impl LaunchFile for VmConfig {
         if devices + self.net.len() > MAX_DEVICES {
             return bad("too many devices for the available IRQ lines".into());
         }
-        for n in &self.net {
+        for (n, fd) in self.net.iter().zip(FIRST_TAP_FD..) {
             if n.mac[0] & 1 == 1 {
-                return bad(format!("MAC of tap {} is a multicast address", n.tap));
+                return bad(format!("MAC of {} is a multicast address", n.name));
+            }
+            if n.fd != fd {
+                return bad(format!("the tap of {} is fd {}, not {fd}", n.name, n.fd));
             }
         }
         let Some(jail) = &self.jail else {
@@ -152,7 +162,8 @@ mod tests {
                 tag: "husk".into(),
             }),
             net: vec![NetConfig {
-                tap: "tap0".into(),
+                name: "eth0".into(),
+                fd: 3,
                 mac: [2, 0, 0, 0, 0, 1],
             }],
             jail: Some(JailConfig {
@@ -186,6 +197,9 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = sample();
         c.net[0].mac[0] = 1;
+        assert!(c.validate().is_err());
+        let mut c = sample();
+        c.net[0].fd = 4;
         assert!(c.validate().is_err());
         let mut c = sample();
         c.cmdline = "x".repeat(2000);

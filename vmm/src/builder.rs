@@ -150,9 +150,9 @@ fn add_virtio_devices(
         devices.add_virtio_device(vm, Box::new(device), mem.clone(), &dlog)?;
     }
     for n in &config.net {
-        let dlog = log.new(slog::o!("device" => "net", "tap" => n.tap.clone()));
-        let tap = Tap::open(&n.tap).map_err(|source| BuildError::Tap {
-            name: n.tap.clone(),
+        let dlog = log.new(slog::o!("device" => "net", "interface" => n.name.clone()));
+        let tap = Tap::from_inherited(n.fd).map_err(|source| BuildError::Tap {
+            name: n.name.clone(),
             source,
         })?;
         devices.add_virtio_device(

@@ -16,7 +16,9 @@ use slog::{Logger, info};
 use tokio::process::Command;
 
 pub use husk_vmm_config::VMM_BINARY;
-use husk_vmm_config::{FsConfig, JailConfig, LaunchFile, VmConfig, VsockConfig};
+use husk_vmm_config::{
+    FIRST_TAP_FD, FsConfig, JailConfig, LaunchFile, NetConfig, VmConfig, VsockConfig,
+};
 
 use crate::binaries::{self, Search};
 use crate::child::{Stdout, Supervised};
@@ -77,7 +79,16 @@ impl BuiltinVmm {
                 socket: fs_socket.to_path_buf(),
                 tag: spec.shared_fs.tag.clone(),
             }),
-            net: Vec::new(),
+            net: spec
+                .net
+                .iter()
+                .zip(FIRST_TAP_FD..)
+                .map(|(n, fd)| NetConfig {
+                    name: n.name.clone(),
+                    fd,
+                    mac: n.mac,
+                })
+                .collect(),
             jail: None,
         })
     }
@@ -130,7 +141,7 @@ impl Vmm for BuiltinVmm {
         chown_to(&fs_socket, config.jail.as_ref())?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--config").arg(&config_path);
-        let vmm = Supervised::spawn("husk-vmm", cmd, Stdout::Log, None, log)?;
+        let vmm = Supervised::spawn("husk-vmm", cmd, Stdout::Log, spec.tap_fds()?, log)?;
         info!(log, "VM started"; "vmm" => self.name(), "pid" => vmm.pid(),
               "kernel" => config.kernel.display().to_string(),
               "vcpus" => spec.vcpus, "memory_mib" => spec.memory_mib,

@@ -34,6 +34,7 @@ fn spec(dir: &Path) -> VmSpec {
             count: 16,
             lock_dir: dir.join("ids"),
         },
+        net: Vec::new(),
     }
 }
 

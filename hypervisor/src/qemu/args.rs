@@ -1,8 +1,8 @@
 //! The QEMU command line for a pod VM (pure: unit-tested without QEMU).
 //!
 //! q35 with a shared memfd memory backend (vhost-user devices map guest RAM), no default
-//! devices, serial console on stdout, direct kernel boot, and two vhost-user devices: the
-//! hybrid vsock and virtio-fs.
+//! devices, serial console on stdout, direct kernel boot, two vhost-user devices (the
+//! hybrid vsock and virtio-fs) and a virtio-net device per pod interface.
 
 use std::path::Path;
 
@@ -109,6 +109,23 @@ pub fn qemu_args(spec: &VmSpec, accel: Accel, paths: &QemuPaths<'_>) -> Vec<Stri
             spec.shared_fs.tag
         ),
     ]);
+    // The pod's interfaces: taps inherited from fd 3 on (see `Supervised::spawn`), no
+    // option ROM (direct kernel boot needs none).
+    for (i, (net, fd)) in spec
+        .net
+        .iter()
+        .zip(husk_vmm_config::FIRST_TAP_FD..)
+        .enumerate()
+    {
+        push(&["-netdev", &format!("tap,id=net{i},fd={fd}")]);
+        push(&[
+            "-device",
+            &format!(
+                "virtio-net-pci,netdev=net{i},mac={},romfile=",
+                net.mac_text()
+            ),
+        ]);
+    }
     a
 }
 
@@ -155,6 +172,7 @@ mod tests {
                 count: 16,
                 lock_dir: PathBuf::from("/run/husk-vmm-ids"),
             },
+            net: Vec::new(),
         }
     }
 
@@ -187,6 +205,32 @@ mod tests {
         assert_eq!(value_of(&a, "-smp"), ["2,sockets=2,cores=1,threads=1"]);
         assert_eq!(value_of(&a, "-m"), ["512M"]);
         assert!(value_of(&a, "-object")[0].contains("size=512M,share=on"));
+    }
+
+    #[test]
+    fn each_pod_interface_is_a_virtio_net_device_on_an_inherited_tap() {
+        let mut s = spec();
+        for (name, last) in [("eth0", 0x55), ("net1", 0x66)] {
+            s.net.push(crate::NetSpec {
+                name: name.into(),
+                mac: [0x02, 0x11, 0x22, 0x33, 0x44, last],
+                tap: std::sync::Arc::new(std::fs::File::open("/dev/null").unwrap().into()),
+            });
+        }
+        let a = qemu_args(&s, Accel::Kvm, &paths());
+        assert_eq!(
+            value_of(&a, "-netdev"),
+            ["tap,id=net0,fd=3", "tap,id=net1,fd=4"]
+        );
+        let devices = value_of(&a, "-device");
+        for (i, mac) in ["02:11:22:33:44:55", "02:11:22:33:44:66"]
+            .iter()
+            .enumerate()
+        {
+            let want = format!("virtio-net-pci,netdev=net{i},mac={mac},romfile=");
+            assert!(devices.contains(&want.as_str()), "{devices:?}");
+        }
+        assert!(value_of(&qemu_args(&spec(), Accel::Kvm, &paths()), "-netdev").is_empty());
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::virtiofsd;
 use crate::vmm::{VmHandle, Vmm, VmmError};
 use crate::vmm_ids::IdClaim;
 use husk_vmm_config::jail::{INITRD_PATH, KERNEL_PATH, in_socket_dir};
-use husk_vmm_config::{BackendConfig, ExecConfig, JailConfig, LaunchFile};
+use husk_vmm_config::{BackendConfig, Contents, ExecConfig, JailConfig, LaunchFile};
 
 /// Names inside the VM's run directory.
 const QEMU_SOCKET_DIR: &str = "qemu";
@@ -123,7 +123,7 @@ impl Vmm for QemuVmm {
         write_launch_file(&exec, &qemu_config, "qemu")?;
         let mut cmd = Command::new(&self.jailer);
         cmd.arg("--exec").arg(&qemu_config);
-        let qemu = Supervised::spawn("qemu", cmd, Stdout::Log, None, log)?;
+        let qemu = Supervised::spawn("qemu", cmd, Stdout::Log, spec.tap_fds()?, log)?;
         info!(log, "VM started"; "vmm" => self.name(), "pid" => qemu.pid(),
               "vcpus" => spec.vcpus, "memory_mib" => spec.memory_mib,
               "vmm_uid" => qemu_uid, "vsock_backend_uid" => backend_uid);
@@ -171,7 +171,7 @@ impl QemuVmm {
             "vsock-backend",
             cmd,
             Stdout::Null,
-            Some(OwnedFd::from(vhost_listener)),
+            vec![OwnedFd::from(vhost_listener)],
             log,
         )
     }
@@ -198,7 +198,11 @@ impl QemuVmm {
                 uid,
                 gid: uid,
             },
-            contents: jail::contents(&self.binary, &spec.kernel, &spec.initrd, spec.vcpus, kvm),
+            contents: Contents {
+                // The taps, from fd 3 on.
+                inherited_fds: u32::try_from(spec.net.len()).unwrap_or(0),
+                ..jail::contents(&self.binary, &spec.kernel, &spec.initrd, spec.vcpus, kvm)
+            },
             program: self.binary.clone(),
             args: qemu_args(spec, self.accel, &paths),
             // Names the pod (its full id) for `ps e` and leak checks: QEMU's arguments hold

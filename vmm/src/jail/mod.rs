@@ -6,7 +6,7 @@
 //!
 //! 1. Every inherited file descriptor above stderr is closed (but those handed over on
 //!    purpose, from fd 3 on).
-//! 2. New mount, IPC and UTS namespaces, and a new network namespace unless the VM has taps:
+//! 2. New mount, IPC, UTS and network namespaces (a VM's taps arrive as descriptors):
 //!    the process sees no host mount, no host SysV IPC and no abstract Unix socket.
 //! 3. A tmpfs root ([`root`]) holding only what [`Contents`] lists (device nodes such as
 //!    `/dev/kvm`, owned by the jail's uid; the kernel and initramfs read-only under `/boot`;
@@ -34,7 +34,6 @@ use husk_vmm_config::{Bind, Contents, JailConfig, VmConfig};
 pub use privileges::MAX_OPEN_FILES;
 
 const KVM_DEVICE: &str = "/dev/kvm";
-const TUN_DEVICE: &str = "/dev/net/tun";
 /// husk-vmm's threads beyond the vCPUs: the main (device) thread, with room for the
 /// runtime's own.
 const VMM_EXTRA_THREADS: u64 = 4;
@@ -88,12 +87,9 @@ pub fn enter_vm(config: &VmConfig, jail: &JailConfig) -> Result<VmConfig, JailEr
     Ok(inside(config))
 }
 
-/// What husk-vmm needs: `/dev/kvm` (and `/dev/net/tun` with taps), the kernel and initramfs.
+/// What husk-vmm needs: `/dev/kvm`, the kernel and initramfs, and its taps (inherited).
 fn vm_contents(config: &VmConfig) -> Contents {
-    let mut devices = vec![PathBuf::from(KVM_DEVICE)];
-    if !config.net.is_empty() {
-        devices.push(TUN_DEVICE.into());
-    }
+    let devices = vec![PathBuf::from(KVM_DEVICE)];
     let mut files = vec![Bind {
         host: config.kernel.clone(),
         inside: KERNEL_PATH.into(),
@@ -108,7 +104,9 @@ fn vm_contents(config: &VmConfig) -> Contents {
         devices,
         files,
         threads: u64::from(config.vcpus) + VMM_EXTRA_THREADS,
-        host_network: !config.net.is_empty(),
+        host_network: false,
+        // Bounded by the device count the config allows.
+        inherited_fds: u32::try_from(config.net.len()).unwrap_or(0),
         ..Contents::default()
     }
 }

@@ -64,6 +64,24 @@ fn paths_inside_the_jail() {
     assert!(inner.jail.is_none());
 }
 
+/// Taps arrive as descriptors: the jail keeps them, needs no `/dev/net/tun` and keeps a
+/// network namespace of its own.
+#[test]
+fn taps_are_inherited_not_opened() {
+    let (mut vm, _) = config(Path::new("/state/pod"));
+    for (fd, name) in [(3, "eth0"), (4, "eth1")] {
+        vm.net.push(husk_vmm_config::NetConfig {
+            name: name.into(),
+            fd,
+            mac: [2, 0, 0, 0, 0, 1],
+        });
+    }
+    let contents = vm_contents(&vm);
+    assert_eq!(contents.inherited_fds, 2);
+    assert!(!contents.host_network);
+    assert_eq!(contents.devices, [PathBuf::from(KVM_DEVICE)]);
+}
+
 /// The re-executed child: jail, filter, then one attack. Prints what it sees.
 fn child(probe: &str, dir: &Path) {
     let (kind, attack) = probe.split_once(':').unwrap();

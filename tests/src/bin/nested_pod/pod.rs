@@ -88,7 +88,7 @@ fn vm_spec(args: &Args, dir: &PodDir, config: &Config) -> VmSpec {
     let host_cpus = std::thread::available_parallelism()
         .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
     let size = pod_size(&HashMap::new(), &config.hypervisor, host_cpus);
-    husk_shim::pod::vm_spec(&args.id, dir, config, &size)
+    husk_shim::pod::vm_spec(&args.id, dir, config, &size, Vec::new())
 }
 
 /// Everything after the launch; the caller stops the VM whatever happens here.

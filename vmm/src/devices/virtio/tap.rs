@@ -1,10 +1,10 @@
-//! A tap device opened by name (in the monitor's network namespace) with a virtio-net header
-//! on every frame, so frames move between tap and guest rings without translation.
+//! The tap of a pod interface, inherited as a descriptor (the shim opened it in the pod's
+//! network namespace), with a virtio-net header on every frame, so frames move between tap
+//! and guest rings without translation.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 /// `struct virtio_net_hdr_v1` (VERSION_1 always has `num_buffers`).
 pub const VNET_HDR_LEN: usize = 12;
@@ -12,8 +12,8 @@ const IFNAMSIZ: usize = 16;
 const IFF_TAP: u16 = 0x0002;
 const IFF_NO_PI: u16 = 0x1000;
 const IFF_VNET_HDR: u16 = 0x4000;
-/// `_IOW('T', 202, int)` and `_IOW('T', 216, int)`.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `_IOR('T', 210, unsigned int)` and `_IOW('T', 216, int)`.
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 
 #[derive(Debug)]
@@ -22,30 +22,38 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Attaches to (or creates) tap interface `name`.
-    pub fn open(name: &str) -> io::Result<Self> {
-        if name.is_empty() || name.len() >= IFNAMSIZ || name.contains('\0') {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad tap name"));
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")?;
-        // struct ifreq: name, then the flags (a short) in the union.
+    /// Takes over tap descriptor `fd`, inherited from the shim (which opened it in the pod's
+    /// network namespace), and makes it carry a 12-byte virtio-net header per frame.
+    pub fn from_inherited(fd: RawFd) -> io::Result<Self> {
+        // SAFETY: `fd` was handed to this process for this device alone (the launch file
+        // says so); nothing else here owns it. If it is not open, the checks below fail.
+        let file = unsafe { File::from_raw_fd(fd) };
         let mut ifreq = [0u8; 40];
-        ifreq[..name.len()].copy_from_slice(name.as_bytes());
-        ifreq[IFNAMSIZ..IFNAMSIZ + 2]
-            .copy_from_slice(&(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR).to_ne_bytes());
-        // SAFETY: TUNSETIFF reads and writes a `struct ifreq` (40 bytes), which `ifreq` is, on
-        // an fd we own; the return value is checked.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, ifreq.as_mut_ptr()) } < 0 {
+        // SAFETY: TUNGETIFF writes a `struct ifreq` (40 bytes) into `ifreq`; it fails on
+        // anything but a tun/tap descriptor.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNGETIFF, ifreq.as_mut_ptr()) } < 0 {
             return Err(io::Error::last_os_error());
+        }
+        let flags = u16::from_ne_bytes([ifreq[IFNAMSIZ], ifreq[IFNAMSIZ + 1]]);
+        if flags & (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) != IFF_TAP | IFF_NO_PI | IFF_VNET_HDR {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("fd {fd} is not a tap with virtio-net headers (flags {flags:#x})"),
+            ));
         }
         let hdr_len: libc::c_int = 12;
         const _: () = assert!(VNET_HDR_LEN == 12);
         // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at `hdr_len`.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fcntl on our own descriptor; no memory is touched.
+        let fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        if fl < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(Self { file })
@@ -69,5 +77,41 @@ impl Tap {
 impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+
+    #[test]
+    fn only_a_tap_with_virtio_net_headers_is_taken() {
+        let (a, _b) = UnixDatagram::pair().unwrap();
+        let err = Tap::from_inherited(a.into_raw_fd()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTTY), "{err}");
+        // A real tap, in a network namespace of this test thread's own (needs root, as the
+        // suite does).
+        let tap = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let tun = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .unwrap();
+            let mut ifreq = [0u8; 40];
+            ifreq[..4].copy_from_slice(b"t0\0\0");
+            ifreq[IFNAMSIZ..IFNAMSIZ + 2]
+                .copy_from_slice(&(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR).to_ne_bytes());
+            // SAFETY: TUNSETIFF with a 40-byte ifreq on our own descriptor.
+            let rc = unsafe { libc::ioctl(tun.as_raw_fd(), 0x4004_54ca, ifreq.as_mut_ptr()) };
+            assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+            Tap::from_inherited(tun.into_raw_fd())
+        })
+        .join()
+        .unwrap();
+        assert!(tap.is_ok(), "{tap:?}");
     }
 }
