@@ -20,6 +20,7 @@ pub mod guest_info;
 pub mod helper;
 pub mod init;
 pub mod logging;
+pub mod network;
 pub mod reaper;
 pub mod sandbox;
 pub mod server;

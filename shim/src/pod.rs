@@ -183,7 +183,18 @@ impl Pod {
         let created = match connected {
             Ok((agent, check)) => {
                 let ready = started.elapsed();
-                match agent.create_sandbox(id, hostname, SHARED_FS_TAG).await {
+                let interfaces = match &*host.network.lock().await {
+                    Some(network) => network.interfaces().map(|i| i.to_agent()).collect(),
+                    None => Vec::new(),
+                };
+                let set_up = async {
+                    agent.create_sandbox(id, hostname, SHARED_FS_TAG).await?;
+                    if !interfaces.is_empty() {
+                        agent.configure_network(interfaces).await?;
+                    }
+                    Ok(())
+                };
+                match set_up.await {
                     Ok(()) => Ok((agent, check, ready)),
                     Err(e) => Err(e),
                 }

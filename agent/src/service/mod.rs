@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use husk_protocol::agent::{
-    CheckRequest, CheckResponse, ContainerRequest, CreateContainerRequest, CreateSandboxRequest,
-    DestroySandboxRequest, Empty, ExecProcessRequest, ListProcessesResponse, ProcessRequest,
-    ProcessStarted, SignalProcessRequest, Stdio, TtyWinResizeRequest, WaitProcessResponse,
+    CheckRequest, CheckResponse, ConfigureNetworkRequest, ContainerRequest, CreateContainerRequest,
+    CreateSandboxRequest, DestroySandboxRequest, Empty, ExecProcessRequest, ListProcessesResponse,
+    ProcessRequest, ProcessStarted, SignalProcessRequest, Stdio, TtyWinResizeRequest,
+    WaitProcessResponse,
 };
 use husk_protocol::agent_ttrpc::Agent;
 use slog::{Logger, debug, info};
@@ -18,6 +19,7 @@ use ttrpc::Code;
 use ttrpc::r#async::TtrpcContext;
 
 use crate::container::Containers;
+use crate::network;
 use crate::sandbox::{self, Sandbox, SandboxConfig};
 use crate::stdio::StdioRequest;
 
@@ -139,6 +141,21 @@ impl Agent for AgentService {
             let _ =
                 tokio::task::spawn_blocking(move || sandbox::power_off(&shared_dir, &log)).await;
         });
+        Ok(Empty::new())
+    }
+
+    async fn configure_network(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ConfigureNetworkRequest,
+    ) -> ttrpc::Result<Empty> {
+        let interfaces = logged(
+            &self.log,
+            "ConfigureNetwork",
+            network::parse(&req.interfaces),
+        )?;
+        let configured = network::configure(&interfaces, &self.log).await;
+        logged(&self.log, "ConfigureNetwork", configured)?;
         Ok(Empty::new())
     }
 

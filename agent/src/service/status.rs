@@ -4,6 +4,7 @@ use ttrpc::Code;
 
 use crate::container::ContainerError;
 use crate::helper::{FailureKind, HelperError};
+use crate::network::NetworkError;
 use crate::sandbox::SandboxError;
 use crate::stdio::{RegistryError, StdioError};
 
@@ -76,6 +77,18 @@ pub fn sandbox_code(e: &SandboxError) -> Code {
 impl From<ContainerError> for ttrpc::Error {
     fn from(e: ContainerError) -> Self {
         rpc_error(container_code(&e), e)
+    }
+}
+
+impl From<NetworkError> for ttrpc::Error {
+    fn from(e: NetworkError) -> Self {
+        let code = match &e {
+            NetworkError::Invalid(_) => Code::INVALID_ARGUMENT,
+            NetworkError::NoDevice(_) => Code::FAILED_PRECONDITION,
+            NetworkError::Netlink { .. } | NetworkError::Connect(_) => Code::INTERNAL,
+            NetworkError::Timeout(_) => Code::DEADLINE_EXCEEDED,
+        };
+        rpc_error(code, e)
     }
 }
 

@@ -142,6 +142,12 @@ impl Agent for AgentClient {
         rpc!(self, destroy_sandbox, DestroySandboxRequest::new()).map(drop)
     }
 
+    async fn configure_network(&self, interfaces: Vec<Interface>) -> Result<(), AgentError> {
+        let mut req = ConfigureNetworkRequest::new();
+        req.interfaces = interfaces;
+        rpc!(self, configure_network, req).map(drop)
+    }
+
     async fn create_container(
         &self,
         id: &str,

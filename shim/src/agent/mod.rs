@@ -7,7 +7,7 @@ pub mod client;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use husk_protocol::agent::Stdio;
+use husk_protocol::agent::{Interface, Stdio};
 use husk_protocol::io_stream::StreamHeader;
 use thiserror::Error;
 use tokio::net::UnixStream;
@@ -25,6 +25,8 @@ pub trait Agent: Send + Sync {
         tag: &str,
     ) -> Result<(), AgentError>;
     async fn destroy_sandbox(&self) -> Result<(), AgentError>;
+    /// Hands the pod's network interfaces to the guest.
+    async fn configure_network(&self, interfaces: Vec<Interface>) -> Result<(), AgentError>;
     /// Creates a container from its guest OCI spec; returns the guest pid of its init.
     async fn create_container(
         &self,

@@ -38,3 +38,43 @@ pub struct Neighbour {
     pub address: IpAddr,
     pub mac: [u8; 6],
 }
+
+impl Interface {
+    /// As the agent's `ConfigureNetwork` takes it.
+    pub fn to_agent(&self) -> husk_protocol::agent::Interface {
+        use husk_protocol::agent as wire;
+        let network = |(address, prefix): &(IpAddr, u8)| wire::IpNetwork {
+            address: address.to_string(),
+            prefix: u32::from(*prefix),
+            ..Default::default()
+        };
+        let text = |ip: &Option<IpAddr>| ip.map(|ip| ip.to_string()).unwrap_or_default();
+        wire::Interface {
+            name: self.name.clone(),
+            mac: self.mac.to_vec(),
+            mtu: self.mtu,
+            addresses: self.addresses.iter().map(network).collect(),
+            routes: self
+                .routes
+                .iter()
+                .map(|r| wire::Route {
+                    destination: r.destination.as_ref().map(network).into(),
+                    gateway: text(&r.gateway),
+                    source: text(&r.source),
+                    scope: u32::from(r.scope),
+                    ..Default::default()
+                })
+                .collect(),
+            neighbours: self
+                .neighbours
+                .iter()
+                .map(|n| wire::Neighbour {
+                    address: n.address.to_string(),
+                    mac: n.mac.to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+}

@@ -157,6 +157,15 @@ impl Agent for FakeAgent {
         self.0.check("destroy_sandbox")
     }
 
+    async fn configure_network(
+        &self,
+        interfaces: Vec<husk_protocol::agent::Interface>,
+    ) -> Result<(), AgentError> {
+        self.0
+            .record(format!("configure_network {}", interfaces.len()));
+        self.0.check("configure_network")
+    }
+
     async fn create_container(&self, id: &str, _: Vec<u8>, _: Stdio) -> Result<u32, AgentError> {
         self.0.record(format!("create_container {id}"));
         self.0.check("create_container")?;

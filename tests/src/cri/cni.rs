@@ -61,6 +61,11 @@ impl CniNetwork {
         &self.bridge
     }
 
+    /// The subnet pods get addresses from (`10.99.N.0/24`).
+    pub fn subnet(&self) -> &str {
+        &self.subnet
+    }
+
     /// The network's name in the conflist.
     pub fn name(&self) -> &str {
         &self.name
