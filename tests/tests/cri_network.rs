@@ -1,6 +1,8 @@
 //! Pod networking through CRI: the pod's CNI address answers from inside the VM. A busybox
 //! `httpd` in a husk pod serves HTTP at the pod IP to a client in a plain network namespace
-//! on the same bridge; the container sees the pod's interface with its address.
+//! on the same bridge; the container sees the pod's interface with its address; two husk
+//! pods reach each other, and a pod reaches a server in a plain namespace; the pod's DNS
+//! settings and hostname reach its containers.
 
 mod cri_common;
 
@@ -13,6 +15,7 @@ use anyhow::{Context, Result, anyhow, ensure};
 use cri_common::{exec_ok, stop_and_remove_container, stop_and_remove_pod};
 use husk_tests::ContainerdFlavour;
 use husk_tests::cri::CriWorld;
+use k8s_cri::v1::DnsConfig;
 
 /// How long httpd may take to answer once its container runs (a TCG guest is slow).
 const SERVE_WITHIN: Duration = Duration::from_secs(30);
@@ -40,6 +43,50 @@ impl Client {
             ip(&args)?;
         }
         Ok(client)
+    }
+
+    /// Answers one HTTP request on `port` from inside the client's namespace with `body`.
+    fn serve_once(
+        &self,
+        port: u16,
+        body: &'static str,
+    ) -> Result<std::thread::JoinHandle<Result<()>>> {
+        let netns = std::fs::File::open(format!("/run/netns/{}", self.netns))?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || -> Result<()> {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let listener = std::net::TcpListener::bind(("0.0.0.0", port))?;
+            listener.set_nonblocking(true)?;
+            let _ = ready_tx.send(());
+            let deadline = Instant::now() + SERVE_WITHIN;
+            loop {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false)?;
+                        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        let mut request = [0u8; 1024];
+                        let _ = s.read(&mut request)?;
+                        write!(
+                            s,
+                            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )?;
+                        return Ok(());
+                    }
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(anyhow!("serving on port {port}: {e}")),
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| anyhow!("the plain namespace's server did not start"))?;
+        Ok(server)
     }
 
     /// `GET /` from inside the client's namespace, retried until `SERVE_WITHIN`.
@@ -126,6 +173,99 @@ fn cri_pod_ip_answers_http_from_inside_the_vm() -> Result<()> {
 
     stop_and_remove_container(c, &web, 2)?;
     stop_and_remove_pod(&w, &pod)?;
+    w.finish()?;
+    Ok(())
+}
+
+/// `GET /` from a container with busybox `nc` (busybox-static's `wget` needs NSS files the
+/// image lacks), retried: the other side may still be coming up.
+fn fetch(c: &husk_tests::cri::CriClient, id: &str, ip: &str, port: u16) -> Result<String> {
+    let deadline = Instant::now() + SERVE_WITHIN;
+    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}");
+    loop {
+        let out = c.exec_sync(id, &["sh", "-c", &script], 10)?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.exit_code == 0 && text.starts_with("HTTP/1.") {
+            return Ok(text);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "GET http://{ip}:{port}/: exit {}: {text:?} {}",
+            out.exit_code,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn pod_ip(c: &husk_tests::cri::CriClient, pod: &str) -> Result<Ipv4Addr> {
+    c.pod_sandbox_status(pod, false)?
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .context("PodSandboxStatus without a network")?
+        .parse()
+        .context("the pod's IP")
+}
+
+#[test]
+fn cri_pods_reach_each_other_and_the_bridge_containerd_2() -> Result<()> {
+    let w = CriWorld::start("cri-net-pods", ContainerdFlavour::V2)?;
+    let c = w.client();
+    let (server_pod, server_cfg) = w.run_pod("server")?;
+    let script =
+        format!("mkdir -p /www && echo {PAGE} > /www/index.html && exec httpd -f -p 80 -h /www");
+    let server = w.start_container(&server_pod, &server_cfg, "httpd", &["sh", "-c", &script])?;
+    let mut client_cfg = w.pod_config("client")?;
+    client_cfg.dns_config = Some(DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["husk.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    let client_pod = w.run_pod_with(&client_cfg)?;
+    let client = w.start_container(&client_pod, &client_cfg, "client", &["sleep", "1000000"])?;
+
+    // Pod to pod, through the bridge.
+    let server_ip = pod_ip(c, &server_pod)?;
+    let page = fetch(c, &client, &server_ip.to_string(), 80)?;
+    ensure!(page.contains(PAGE), "pod to pod: {page:?}");
+
+    // Pod to a plain namespace on the same bridge.
+    let plain_ip = w.network().subnet().replace("0/24", "251");
+    let plain = Client::attach(
+        w.network().bridge(),
+        &format!("{plain_ip}/24"),
+        &client_pod[..12],
+    )?;
+    let served = plain.serve_once(8080, "from-the-bridge")?;
+    let page = fetch(c, &client, &plain_ip, 8080)?;
+    ensure!(
+        page.contains("from-the-bridge"),
+        "pod to plain namespace: {page:?}"
+    );
+    served
+        .join()
+        .map_err(|_| anyhow!("the server thread panicked"))??;
+    drop(plain);
+
+    // DNS settings and hostname, as CRI wrote them for the pod.
+    let resolv = exec_ok(c, &client, &["cat", "/etc/resolv.conf"])?;
+    ensure!(
+        resolv.contains("nameserver 10.96.0.10")
+            && resolv.contains("search husk.svc.cluster.local")
+            && resolv.contains("options ndots:5"),
+        "/etc/resolv.conf in the pod: {resolv:?}"
+    );
+    let hostname = exec_ok(c, &client, &["hostname"])?;
+    ensure!(
+        hostname.trim() == "client",
+        "hostname in the pod: {hostname:?}"
+    );
+
+    for (id, pod) in [(&client, &client_pod), (&server, &server_pod)] {
+        stop_and_remove_container(c, id, 2)?;
+        stop_and_remove_pod(&w, pod)?;
+    }
     w.finish()?;
     Ok(())
 }
