@@ -169,7 +169,7 @@ fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// Static entries only: learned ones are learned again in the guest.
+/// Static unicast entries only: learned ones are learned again in the guest.
 async fn neighbours(handle: &Handle, index: u32) -> Result<Vec<Neighbour>, NetworkError> {
     let mut neighbours = Vec::new();
     let mut dump = handle.neighbours().get().execute();
@@ -199,8 +199,12 @@ async fn neighbours(handle: &Handle, index: u32) -> Result<Vec<Neighbour>, Netwo
                 _ => {}
             }
         }
+        // Multicast entries (the kernel's own NOARP ones for MLD and the like) are the
+        // guest kernel's to make.
         if let (Some(address), Some(mac)) = (address, mac) {
-            neighbours.push(Neighbour { address, mac });
+            if !address.is_multicast() && mac[0] & 1 == 0 {
+                neighbours.push(Neighbour { address, mac });
+            }
         }
     }
     Ok(neighbours)

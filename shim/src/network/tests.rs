@@ -74,6 +74,11 @@ impl Namespaces {
         ip(&format!(
             "-n {pod} neigh add 169.254.1.1 lladdr 02:00:00:00:00:01 dev eth0 nud permanent"
         ));
+        // What the kernel adds by itself (multicast, NOARP) is not carried: no need to wait
+        // for it, but make sure one is there.
+        ip(&format!(
+            "-n {pod} neigh replace ff02::16 lladdr 33:33:00:00:00:16 dev eth0 nud noarp"
+        ));
         ns
     }
 
