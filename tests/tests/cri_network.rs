@@ -1,6 +1,7 @@
 //! Pod networking through CRI: the pod's CNI address answers from inside the VM. A busybox
 //! `httpd` in a husk pod serves HTTP at the pod IP to a client in a plain network namespace
-//! on the same bridge; the container sees the pod's interface with its address; two husk
+//! on the same bridge; the container sees the pod's interface with both its addresses
+//! (the test network is dual-stack); two husk
 //! pods reach each other, and a pod reaches a server in a plain namespace; the pod's DNS
 //! settings and hostname reach its containers.
 
@@ -154,11 +155,22 @@ fn cri_pod_ip_answers_http_from_inside_the_vm() -> Result<()> {
         format!("mkdir -p /www && echo {PAGE} > /www/index.html && exec httpd -f -p 80 -h /www");
     let web = w.start_container(&pod, &cfg, "httpd", &["sh", "-c", &script])?;
 
-    // The pod's interface is in the guest, with the CNI address.
+    // The pod's interface is in the guest, with both CNI addresses (dual stack).
+    let pod_ip6 = c
+        .pod_sandbox_status(&pod, false)?
+        .status
+        .and_then(|s| s.network)
+        .and_then(|n| n.additional_ips.first().map(|a| a.ip.clone()))
+        .context("the dual-stack pod has no second (IPv6) address")?;
+    ensure!(
+        pod_ip6.parse::<std::net::Ipv6Addr>().is_ok(),
+        "the pod's second address {pod_ip6:?} is not IPv6"
+    );
     let addresses = exec_ok(c, &web, &["ip", "-o", "addr", "show", "eth0"])?;
     ensure!(
-        addresses.contains(&format!("inet {pod_ip}/24")),
-        "the guest's eth0 does not have the pod's address {pod_ip}: {addresses}"
+        addresses.contains(&format!("inet {pod_ip}/24"))
+            && addresses.contains(&format!("inet6 {pod_ip6}/64")),
+        "the guest's eth0 lacks the pod's addresses {pod_ip} and {pod_ip6}: {addresses}"
     );
 
     let subnet = w.network().subnet();

@@ -33,6 +33,8 @@ pub struct CniNetwork {
     name: String,
     bridge: String,
     subnet: String,
+    /// The IPv6 range of the dual-stack network (`fd99:N::/64`).
+    subnet6: String,
     conf_dir: PathBuf,
     ipam_dir: PathBuf,
 }
@@ -46,6 +48,7 @@ impl CniNetwork {
             // Interface names have at most 15 bytes.
             bridge: format!("hk{}", &hex::encode(h)[..10]),
             subnet: format!("10.99.{}.0/24", h[0]),
+            subnet6: format!("fd99:{:x}::/64", h[0]),
             conf_dir: dir.join("cni/net.d"),
             ipam_dir: dir.join("cni/ipam"),
         }
@@ -71,6 +74,11 @@ impl CniNetwork {
         &self.name
     }
 
+    /// The IPv6 subnet pods also get an address from (`fd99:N::/64`).
+    pub fn subnet6(&self) -> &str {
+        &self.subnet6
+    }
+
     /// Whether `ip` is in the test's subnet (a pod address host-local handed out).
     pub fn owns(&self, ip: &str) -> bool {
         let prefix = self.subnet.trim_end_matches("0/24");
@@ -90,7 +98,8 @@ impl CniNetwork {
                 "hairpinMode": false,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{ "subnet": self.subnet }]],
+                    // Dual-stack: every pod gets an IPv4 and an IPv6 address.
+                    "ranges": [[{ "subnet": self.subnet }], [{ "subnet": self.subnet6 }]],
                     "dataDir": self.ipam_dir,
                 }
             }]
@@ -211,6 +220,13 @@ mod tests {
             .to_owned();
         let ip = subnet.replace("0/24", "2");
         assert!(a.owns(&ip), "{ip} in {subnet}");
+        let subnet6 = c["plugins"][0]["ipam"]["ranges"][1][0]["subnet"]
+            .as_str()
+            .unwrap();
+        assert!(
+            subnet6.starts_with("fd99:") && subnet6.ends_with("::/64"),
+            "{subnet6}"
+        );
         assert!(!a.owns("192.0.2.1") && !a.owns(""));
     }
 
