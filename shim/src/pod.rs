@@ -102,7 +102,6 @@ impl Pod {
     /// `cgroup`: the pod cgroup's path ([`crate::pod_cgroup::path_for`]); the shim joins it
     /// before anything is started. `netns`: the pod's network namespace, whose interfaces
     /// the VM takes over ([`PodNetwork`]); without one the VM has no network device.
-    #[allow(clippy::too_many_arguments)]
     pub async fn boot(
         id: &str,
         hostname: &str,
@@ -162,10 +161,11 @@ impl Pod {
         log: &Logger,
     ) -> Result<(Box<dyn VmHandle>, AgentClient), PodError> {
         host.dir.create()?;
-        let mut net = Vec::new();
+        let (mut net, mut interfaces) = (Vec::new(), Vec::new());
         if let Some(netns) = netns {
             let network = PodNetwork::attach(netns, log).await?;
             net = net_specs(&network)?;
+            interfaces = network.interfaces().map(|i| i.to_agent()).collect();
             *host.network.lock().await = Some(network);
         }
         let started = Instant::now();
@@ -180,31 +180,14 @@ impl Pod {
             config.rpc_timeout(),
         )
         .await;
-        let created = match connected {
-            Ok((agent, check)) => {
-                let ready = started.elapsed();
-                let interfaces = match &*host.network.lock().await {
-                    Some(network) => network.interfaces().map(|i| i.to_agent()).collect(),
-                    None => Vec::new(),
-                };
-                let set_up = async {
-                    agent.create_sandbox(id, hostname, SHARED_FS_TAG).await?;
-                    if !interfaces.is_empty() {
-                        agent.configure_network(interfaces).await?;
-                    }
-                    Ok(())
-                };
-                match set_up.await {
-                    Ok(()) => Ok((agent, check, ready)),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        };
-        let (agent, check, ready) = match created {
+        let (agent, check) = match connected {
             Ok(c) => c,
             Err(source) => return Err(Self::failed_vm(vm, source, log).await),
         };
+        let ready = started.elapsed();
+        if let Err(source) = set_up_guest(&agent, id, hostname, interfaces).await {
+            return Err(Self::failed_vm(vm, source, log).await);
+        }
         info!(log, "pod VM ready";
             "boot_to_agent_ms" => u64::try_from(ready.as_millis()).unwrap_or(u64::MAX),
             "guest_uptime_at_agent_ms" => check.boot_to_agent_ms,
@@ -350,6 +333,20 @@ pub fn vm_spec(
         },
         net,
     }
+}
+
+/// The pod-wide guest set-up: the sandbox, then its network (if it has one).
+async fn set_up_guest(
+    agent: &AgentClient,
+    id: &str,
+    hostname: &str,
+    interfaces: Vec<husk_protocol::agent::Interface>,
+) -> Result<(), AgentError> {
+    agent.create_sandbox(id, hostname, SHARED_FS_TAG).await?;
+    if !interfaces.is_empty() {
+        agent.configure_network(interfaces).await?;
+    }
+    Ok(())
 }
 
 /// The VM's network devices: one per pod interface, with its tap and MAC.
