@@ -9,6 +9,8 @@
 //!   [`server`]);
 //! - accepts one vsock connection per stdio stream on port 1025 and pumps bytes between those
 //!   connections and the container processes ([`stdio`]);
+//! - accepts one vsock connection per forwarded TCP connection on port 1026 and connects it to
+//!   a port on the guest's loopback ([`port_forward`], for CRI PortForward);
 //! - creates OCI containers with youki's `libcontainer` ([`container`]), doing every forking
 //!   operation in a short-lived single-threaded helper process ([`helper`]).
 
@@ -21,6 +23,7 @@ pub mod helper;
 pub mod init;
 pub mod logging;
 pub mod network;
+pub mod port_forward;
 pub mod reaper;
 pub mod sandbox;
 pub mod server;

@@ -1,10 +1,10 @@
-//! The agent's two vsock listeners: ttrpc on [`AGENT_VSOCK_PORT`], stdio streams on
-//! [`IO_VSOCK_PORT`].
+//! The agent's vsock listeners: ttrpc on [`AGENT_VSOCK_PORT`], stdio streams on
+//! [`IO_VSOCK_PORT`], forwarded TCP connections on [`FORWARD_VSOCK_PORT`].
 
 use std::sync::Arc;
 
 use husk_protocol::agent_ttrpc::{Agent, create_agent};
-use husk_protocol::{AGENT_VSOCK_PORT, IO_VSOCK_PORT};
+use husk_protocol::{AGENT_VSOCK_PORT, FORWARD_VSOCK_PORT, IO_VSOCK_PORT};
 use slog::Logger;
 use thiserror::Error;
 use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
@@ -26,6 +26,7 @@ pub enum ServerError {
 pub struct Listeners {
     rpc: VsockListener,
     io: VsockListener,
+    forward: VsockListener,
 }
 
 impl Listeners {
@@ -37,10 +38,11 @@ impl Listeners {
         Ok(Self {
             rpc: bind(AGENT_VSOCK_PORT)?,
             io: bind(IO_VSOCK_PORT)?,
+            forward: bind(FORWARD_VSOCK_PORT)?,
         })
     }
 
-    /// Serves both ports; the returned server must be kept alive.
+    /// Serves all ports; the returned server must be kept alive.
     pub async fn serve(
         self,
         service: Arc<dyn Agent + Send + Sync>,
@@ -51,7 +53,8 @@ impl Listeners {
             .add_listener(Listener::from(self.rpc))
             .register_service(create_agent(service));
         server.start().await.map_err(ServerError::Start)?;
-        tokio::spawn(attach::serve(self.io, streams, log));
+        tokio::spawn(attach::serve(self.io, streams, log.clone()));
+        tokio::spawn(crate::port_forward::serve(self.forward, log));
         Ok(server)
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod guest_text;
 pub mod io_stream;
+pub mod port_forward;
 
 /// Generated protobuf messages and ttrpc service/client for `husk.agent.v1.Agent`.
 #[allow(
@@ -52,6 +53,9 @@ pub use ttrpc;
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// vsock port on which the agent accepts one connection per stdio stream.
 pub const IO_VSOCK_PORT: u32 = 1025;
+/// vsock port on which the agent accepts one connection per forwarded TCP connection
+/// (CRI PortForward): [`port_forward`].
+pub const FORWARD_VSOCK_PORT: u32 = 1026;
 /// Guest mount point of the per-pod virtio-fs share; a container's files live in
 /// `<SHARED_DIR_GUEST>/<container id>/`.
 pub const SHARED_DIR_GUEST: &str = "/run/husk/shared";

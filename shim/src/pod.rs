@@ -188,6 +188,12 @@ impl Pod {
         if let Err(source) = set_up_guest(&agent, id, hostname, interfaces).await {
             return Err(Self::failed_vm(vm, source, log).await);
         }
+        if let Some(network) = host.network.lock().await.as_mut() {
+            // The pod is usable without it; PortForward then fails to dial, and this says why.
+            if let Err(e) = network.forward_ports(host.dir.vsock_uds()) {
+                warn!(log, "CRI PortForward will not reach this pod"; "error" => %e);
+            }
+        }
         info!(log, "pod VM ready";
             "boot_to_agent_ms" => u64::try_from(ready.as_millis()).unwrap_or(u64::MAX),
             "guest_uptime_at_agent_ms" => check.boot_to_agent_ms,

@@ -13,7 +13,8 @@ use husk_hypervisor::hybrid_client::{self, HybridConnectError};
 use husk_protocol::agent::*;
 use husk_protocol::agent_ttrpc::AgentClient as TtrpcClient;
 use husk_protocol::io_stream::{STATUS_OK, StreamHeader};
-use husk_protocol::{AGENT_VSOCK_PORT, IO_VSOCK_PORT};
+use husk_protocol::port_forward::ForwardHeader;
+use husk_protocol::{AGENT_VSOCK_PORT, FORWARD_VSOCK_PORT, IO_VSOCK_PORT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -248,19 +249,39 @@ impl Agent for AgentClient {
             source,
         };
         let bytes = header.encode().map_err(|e| fail(StreamError::Header(e)))?;
-        let open = async {
-            let mut s =
-                hybrid_client::connect(&self.uds, IO_VSOCK_PORT, STREAM_OPEN_TIMEOUT).await?;
-            s.write_all(&bytes).await?;
-            match s.read_u8().await? {
-                STATUS_OK => Ok(s),
-                status => Err(StreamError::Refused(status)),
-            }
-        };
-        match tokio::time::timeout(STREAM_OPEN_TIMEOUT, open).await {
-            Ok(r) => r.map_err(fail),
-            Err(_) => Err(fail(StreamError::Timeout(STREAM_OPEN_TIMEOUT))),
+        open_on_port(&self.uds, IO_VSOCK_PORT, &bytes)
+            .await
+            .map_err(fail)
+    }
+}
+
+/// Opens a forwarded connection to `header.port` on the guest's loopback (CRI PortForward),
+/// through the pod's hybrid vsock socket `uds`.
+pub async fn open_port_forward(
+    uds: &Path,
+    header: ForwardHeader,
+) -> Result<UnixStream, AgentError> {
+    open_on_port(uds, FORWARD_VSOCK_PORT, &header.encode())
+        .await
+        .map_err(|source| AgentError::Stream {
+            what: format!("forwarded port {}", header.port),
+            source,
+        })
+}
+
+/// Connects to a vsock port of the agent, sends `header` and waits for the status byte.
+async fn open_on_port(uds: &Path, port: u32, header: &[u8]) -> Result<UnixStream, StreamError> {
+    let open = async {
+        let mut s = hybrid_client::connect(uds, port, STREAM_OPEN_TIMEOUT).await?;
+        s.write_all(header).await?;
+        match s.read_u8().await? {
+            STATUS_OK => Ok(s),
+            status => Err(StreamError::Refused(status)),
         }
+    };
+    match tokio::time::timeout(STREAM_OPEN_TIMEOUT, open).await {
+        Ok(r) => r,
+        Err(_) => Err(StreamError::Timeout(STREAM_OPEN_TIMEOUT)),
     }
 }
 

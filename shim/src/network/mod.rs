@@ -6,6 +6,9 @@
 //! recreates its addresses, routes and neighbours ([`config`]). The namespace's own stack
 //! then never sees a frame: the pod's address answers from inside the VM.
 //!
+//! Connections that CRI PortForward makes to the namespace's loopback are carried into the
+//! guest by [`port_forward`].
+//!
 //! Everything is done through netlink and `/dev/net/tun` (no `ip` or `tc` processes), in
 //! bounded time, and undone on failure and at [`PodNetwork::detach`], which also copes
 //! with a namespace that vanished meanwhile.
@@ -13,6 +16,7 @@
 pub mod config;
 mod inspect;
 mod netns;
+pub mod port_forward;
 mod tap;
 mod tc;
 
@@ -25,6 +29,7 @@ use slog::{Logger, info, warn};
 use config::Interface;
 use inspect::Link;
 pub use netns::NetNs;
+use port_forward::{PortForwardError, PortForwarder};
 
 /// Interfaces one VM takes (each is a virtio device and an IRQ line of its own).
 pub const MAX_INTERFACES: usize = 8;
@@ -84,6 +89,8 @@ struct Joined {
 pub struct PodNetwork {
     netns: NetNs,
     joined: Vec<Joined>,
+    /// Carries CRI PortForward's connections into the guest, once it is up.
+    forwarder: Option<PortForwarder>,
     log: Logger,
 }
 
@@ -97,6 +104,7 @@ impl PodNetwork {
         let mut network = Self {
             netns: ns,
             joined: Vec::new(),
+            forwarder: None,
             log,
         };
         let attached = tokio::time::timeout(ATTACH_TIMEOUT, network.join_all()).await;
@@ -168,9 +176,18 @@ impl PodNetwork {
         self.netns.path()
     }
 
+    /// Starts carrying connections to the namespace's loopback into the guest, whose agent
+    /// answers on the hybrid vsock socket `vsock_uds` ([`port_forward`]).
+    pub fn forward_ports(&mut self, vsock_uds: PathBuf) -> Result<(), PortForwardError> {
+        self.forwarder = Some(PortForwarder::start(&self.netns, vsock_uds, &self.log)?);
+        Ok(())
+    }
+
     /// Removes the redirects and the taps. Never fails: a namespace or interface that is
     /// gone already is what was wanted; anything else is logged.
     pub async fn detach(mut self) {
+        // No new connection is taken into a VM that is going away.
+        drop(self.forwarder.take());
         let joined = std::mem::take(&mut self.joined);
         if joined.is_empty() {
             return;

@@ -44,6 +44,10 @@ impl NetNs {
         })
     }
 
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

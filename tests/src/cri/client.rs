@@ -14,9 +14,9 @@ use k8s_cri::v1::{
     Container, ContainerConfig, ContainerFilter, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec,
     ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandbox, PodSandboxConfig,
-    PodSandboxFilter, PodSandboxStatusRequest, PodSandboxStatusResponse, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest, VersionRequest, VersionResponse,
+    PodSandboxFilter, PodSandboxStatusRequest, PodSandboxStatusResponse, PortForwardRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest, VersionRequest, VersionResponse,
 };
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
@@ -357,6 +357,19 @@ impl CriClient {
         let mut c = self.runtime.clone();
         let req = req.clone();
         let r = self.call("Exec", QUERY_TIMEOUT, async move { c.exec(req).await })?;
+        Ok(r.url)
+    }
+
+    /// `PortForward`: the streaming URL on containerd's stream server.
+    pub fn port_forward(&self, pod_id: &str, ports: &[i32]) -> CriResult<String> {
+        let mut c = self.runtime.clone();
+        let req = PortForwardRequest {
+            pod_sandbox_id: pod_id.into(),
+            port: ports.to_vec(),
+        };
+        let r = self.call("PortForward", QUERY_TIMEOUT, async move {
+            c.port_forward(req).await
+        })?;
         Ok(r.url)
     }
 }

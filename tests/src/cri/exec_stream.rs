@@ -61,35 +61,8 @@ fn ws_url(url: &str) -> Result<(String, String)> {
 impl ExecStream {
     /// Connects to the stream URL of an `Exec` call.
     pub async fn connect(url: &str) -> Result<Self> {
-        let (host, ws) = ws_url(url)?;
-        let mut request = ws
-            .as_str()
-            .into_client_request()
-            .with_context(|| format!("building a WebSocket request for {ws}"))?;
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(CHANNEL_PROTOCOL),
-        );
-        let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(&host))
-            .await
-            .map_err(|_| anyhow!("connecting to the stream server {host}: no answer"))?
-            .with_context(|| format!("connecting to the stream server {host}"))?;
-        let (ws, response) =
-            tokio::time::timeout(IO_TIMEOUT, tokio_tungstenite::client_async(request, tcp))
-                .await
-                .map_err(|_| anyhow!("WebSocket handshake with {url}: no answer"))?
-                .with_context(|| format!("WebSocket handshake with {url}"))?;
-        let protocol = response
-            .headers()
-            .get("Sec-WebSocket-Protocol")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        ensure!(
-            protocol == CHANNEL_PROTOCOL,
-            "the stream server chose protocol {protocol:?}, not {CHANNEL_PROTOCOL}"
-        );
         Ok(Self {
-            ws,
+            ws: open_channel_socket(url).await?,
             stdout: Vec::new(),
             stderr: Vec::new(),
             status: None,
@@ -214,6 +187,38 @@ impl ExecStream {
             status,
         })
     }
+}
+
+/// A WebSocket to a stream URL (`Exec`, `PortForward`), speaking [`CHANNEL_PROTOCOL`].
+pub async fn open_channel_socket(url: &str) -> Result<WebSocketStream<TcpStream>> {
+    let (host, ws) = ws_url(url)?;
+    let mut request = ws
+        .as_str()
+        .into_client_request()
+        .with_context(|| format!("building a WebSocket request for {ws}"))?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(CHANNEL_PROTOCOL),
+    );
+    let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(&host))
+        .await
+        .map_err(|_| anyhow!("connecting to the stream server {host}: no answer"))?
+        .with_context(|| format!("connecting to the stream server {host}"))?;
+    let (ws, response) =
+        tokio::time::timeout(IO_TIMEOUT, tokio_tungstenite::client_async(request, tcp))
+            .await
+            .map_err(|_| anyhow!("WebSocket handshake with {url}: no answer"))?
+            .with_context(|| format!("WebSocket handshake with {url}"))?;
+    let protocol = response
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    ensure!(
+        protocol == CHANNEL_PROTOCOL,
+        "the stream server chose protocol {protocol:?}, not {CHANNEL_PROTOCOL}"
+    );
+    Ok(ws)
 }
 
 /// The exit code a `metav1.Status` reports: 0 for `Success`, the `ExitCode` cause of a

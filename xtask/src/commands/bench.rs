@@ -6,9 +6,11 @@
 //!   (the floor husk's start-up time sits on);
 //! - host memory (PSS, so shared pages are split fairly) of one idle pod: shim + VMM +
 //!   virtiofsd;
+//! - the pod network's TCP throughput and ping RTT next to two plain namespaces (CRI);
 //! - husk's built-in monitor next to QEMU/KVM, both under nested KVM.
 
 mod nested;
+mod network;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -47,6 +49,8 @@ pub fn run(ws: &Workspace) -> Result<()> {
     }
     scope.cleanup()?;
     let mut report = result?;
+    report.push('\n');
+    report.push_str(&network::section(ws, &artifacts)?);
     report.push('\n');
     report.push_str(&nested::section(ws, &artifacts)?);
     let path = ws.root.join("BENCHMARKS.md");

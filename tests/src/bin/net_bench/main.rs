@@ -1,0 +1,198 @@
+//! `net_bench`: the pod network's TCP throughput and ping round-trip time, through CRI and
+//! the test's bridge CNI network, next to the same measurements between two plain network
+//! namespaces on the same bridge (the floor). `cargo xtask bench` runs it with
+//! `HUSK_ARTIFACTS` set and puts the Markdown section it prints on stdout in BENCHMARKS.md.
+//!
+//! Paths measured, each with busybox `nc` and `ping` on both ends (the same tools for the
+//! floor, run in the plain namespaces with the host's busybox):
+//! - host → pod: a client in a plain namespace on the bridge to a husk pod;
+//! - pod → pod: from one husk pod to another;
+//! - floor: from one plain namespace to another.
+
+mod plain;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use husk_tests::ContainerdFlavour;
+use husk_tests::cri::{CriClient, CriWorld};
+
+use plain::PlainNs;
+
+/// Bytes sent per throughput run.
+const PAYLOAD_MIB: u64 = 64;
+/// Throughput runs per path.
+const RUNS: usize = 3;
+/// Pings per path.
+const PINGS: u32 = 20;
+const SINK_PORT: u16 = 5001;
+/// A sink that takes one connection after another and throws the bytes away.
+const SINK: &str = "while true; do nc -l -p 5001 > /dev/null; done";
+
+/// One path's figures.
+struct PathFigures {
+    what: &'static str,
+    mib_per_s: Vec<f64>,
+    ping: Ping,
+}
+
+/// busybox ping's summary, in ms.
+#[derive(Default)]
+struct Ping {
+    min: f64,
+    avg: f64,
+    max: f64,
+}
+
+fn main() -> Result<()> {
+    let w = CriWorld::start("bench-net", ContainerdFlavour::System)?;
+    let result = measure(&w);
+    w.finish()?;
+    let figures = result?;
+    print!("{}", report(&figures));
+    Ok(())
+}
+
+fn measure(w: &CriWorld) -> Result<Vec<PathFigures>> {
+    let c = w.client();
+    let (server_pod, server_cfg) = w.run_pod("net-server")?;
+    let server = w.start_container(&server_pod, &server_cfg, "sink", &["sh", "-c", SINK])?;
+    let (client_pod, client_cfg) = w.run_pod("net-client")?;
+    let client = w.start_container(&client_pod, &client_cfg, "client", &["sleep", "100000"])?;
+    let server_ip = pod_ip(c, &server_pod)?;
+
+    let subnet = w.network().subnet();
+    let host = PlainNs::attach(
+        w.network().bridge(),
+        &subnet.replace("0/24", "240/24"),
+        "bh",
+    )?;
+    let floor = PlainNs::attach(
+        w.network().bridge(),
+        &subnet.replace("0/24", "241/24"),
+        "bf",
+    )?;
+    let floor_ip = subnet.replace("0/24", "241");
+    let _floor_sink = floor.spawn_busybox(&["sh", "-c", SINK])?;
+
+    let pings = PINGS.to_string();
+    let ping = |to: &str| ["ping", "-q", "-c", pings.as_str(), "-i", "0.2", to].map(str::to_owned);
+    let figures = vec![
+        PathFigures {
+            what: "floor: plain namespace → plain namespace",
+            mib_per_s: runs(|| host.push(&floor_ip, SINK_PORT, PAYLOAD_MIB))?,
+            ping: parse_ping(&host.busybox(&ping(&floor_ip))?)?,
+        },
+        PathFigures {
+            what: "host (plain namespace) → husk pod",
+            mib_per_s: runs(|| host.push(&server_ip, SINK_PORT, PAYLOAD_MIB))?,
+            ping: parse_ping(&host.busybox(&ping(&server_ip))?)?,
+        },
+        PathFigures {
+            what: "husk pod → husk pod",
+            mib_per_s: runs(|| pod_push(c, &client, &server_ip))?,
+            ping: parse_ping(&exec(c, &client, &ping(&server_ip))?)?,
+        },
+    ];
+    for (id, pod) in [(&client, &client_pod), (&server, &server_pod)] {
+        c.stop_container(id, 2)?;
+        c.remove_container(id)?;
+        c.stop_pod_sandbox(pod)?;
+        c.remove_pod_sandbox(pod)?;
+    }
+    Ok(figures)
+}
+
+fn runs(mut one: impl FnMut() -> Result<f64>) -> Result<Vec<f64>> {
+    (0..RUNS).map(|_| one()).collect()
+}
+
+/// `dd | nc` inside a pod, timed with the guest's own clock (`/proc/uptime`).
+fn pod_push(c: &CriClient, id: &str, to: &str) -> Result<f64> {
+    let script = format!(
+        "a=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero bs=64k count={} 2>/dev/null | nc {to} {SINK_PORT} && b=$(cut -d' ' -f1 /proc/uptime); echo $a $b",
+        PAYLOAD_MIB * 16
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = exec(c, id, &["sh", "-c", &script]);
+        if let Ok(text) = &out {
+            let times: Vec<f64> = text
+                .split_whitespace()
+                .filter_map(|t| t.parse().ok())
+                .collect();
+            if let [a, b] = times[..] {
+                ensure!(b > a, "the guest clock went backwards: {text:?}");
+                return Ok(PAYLOAD_MIB as f64 / (b - a));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("pushing from the pod never worked: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn exec<S: AsRef<str>>(c: &CriClient, id: &str, cmd: &[S]) -> Result<String> {
+    let cmd: Vec<&str> = cmd.iter().map(AsRef::as_ref).collect();
+    let out = c.exec_sync(id, &cmd, 120)?;
+    ensure!(
+        out.exit_code == 0,
+        "{cmd:?} exited {}: {}",
+        out.exit_code,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn pod_ip(c: &CriClient, pod: &str) -> Result<String> {
+    c.pod_sandbox_status(pod, false)?
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .context("PodSandboxStatus without a network")
+}
+
+/// `round-trip min/avg/max = 0.1/0.2/0.3 ms` → its three figures.
+fn parse_ping(output: &str) -> Result<Ping> {
+    let line = output
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .ok_or_else(|| anyhow!("no round-trip summary in ping's output: {output:?}"))?;
+    let numbers: Vec<f64> = line
+        .split('=')
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .trim_end_matches("ms")
+        .split('/')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    match numbers[..] {
+        [min, avg, max, ..] => Ok(Ping { min, avg, max }),
+        _ => bail!("unreadable ping summary {line:?}"),
+    }
+}
+
+fn report(figures: &[PathFigures]) -> String {
+    let mut out = String::from(
+        "## Pod network (CRI, bridge CNI, QEMU/TCG)\n\n| path | TCP throughput, median (range) | ping RTT avg (min–max) |\n|---|---|---|\n",
+    );
+    for f in figures {
+        let mut v = f.mib_per_s.clone();
+        v.sort_by(f64::total_cmp);
+        let median = v.get(v.len() / 2).copied().unwrap_or_default();
+        let (min, max) = (
+            v.first().copied().unwrap_or_default(),
+            v.last().copied().unwrap_or_default(),
+        );
+        out.push_str(&format!(
+            "| {} | {median:.1} MiB/s ({min:.1}–{max:.1}) | {:.3} ms ({:.3}–{:.3}) |\n",
+            f.what, f.ping.avg, f.ping.min, f.ping.max
+        ));
+    }
+    out.push_str(&format!(
+        "\nMethod: `net_bench` (run by `cargo xtask bench`): a private containerd 1.6 with CRI and the test's bridge + host-local CNI network; two husk pods, one running a busybox `nc` sink on port {SINK_PORT}; two plain network namespaces on the same bridge, one running the same sink with the host's busybox. Throughput: {PAYLOAD_MIB} MiB pushed with `nc` (from the host: a Rust client, connect until the sink closes; from a pod: `dd | nc` timed with the guest's `/proc/uptime`), {RUNS} runs. RTT: busybox `ping -c {PINGS} -i 0.2`.\n"
+    ));
+    out
+}
