@@ -1,15 +1,13 @@
 //! CRI PortForward (what `kubectl port-forward` uses) reaches processes listening in the
 //! pod's VM: a port bound on all addresses and one bound only to `127.0.0.1` in the guest,
-//! each serving 10 MB through containerd's stream server, and 10 MB uploaded through the
-//! pod namespace's loopback (where containerd dials), all with matching checksums; a port nobody listens on is an error the client
+//! each serving 10 MB through containerd's stream server, and 10 MB uploaded through it,
+//! all with matching checksums; a port nobody listens on is an error the client
 //! sees. After StopPodSandbox, nothing of husk's is left in the pod's network namespace
 //! (the test holds the namespace open, so it outlives containerd's removal of it).
 
 mod cri_common;
 
 use std::fs::File;
-use std::io::Write;
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -23,9 +21,11 @@ use sha2::{Digest, Sha256};
 const SERVE_WITHIN: Duration = Duration::from_secs(30);
 const TEN_MB: usize = 10 << 20;
 /// httpd on all addresses, httpd on 127.0.0.1 only, an `nc` that stores what it receives.
+/// `nc`'s input never ends: at the end of its input it would shut its sending side, and
+/// containerd ends a forwarded connection as soon as either direction ends (with runc too).
 const SERVERS: &str = "mkdir -p /www && dd if=/dev/urandom of=/www/big bs=1M count=10 2>/dev/null \
      && httpd -p 8080 -h /www && httpd -p 127.0.0.1:8081 -h /www \
-     && nc -l -p 8082 > /tmp/up; exec sleep 1000000";
+     && sleep 1000000 | nc -l -p 8082 > /tmp/up";
 
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -69,20 +69,6 @@ fn download(c: &CriClient, pod: &str, port: u16) -> Result<Vec<u8>> {
             _ => std::thread::sleep(Duration::from_millis(500)),
         }
     }
-}
-
-/// Connects to `port` on the loopback of the namespace held open by `netns` and sends `data`;
-/// the connection stays open.
-fn push_through_loopback(netns: &File, port: u16, data: Vec<u8>) -> Result<TcpStream> {
-    let netns = netns.try_clone()?;
-    std::thread::spawn(move || -> Result<TcpStream> {
-        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let mut s = TcpStream::connect(("127.0.0.1", port))?;
-        s.write_all(&data)?;
-        Ok(s)
-    })
-    .join()
-    .map_err(|_| anyhow!("the namespace thread panicked"))?
 }
 
 /// What `cmd` prints, run in the network namespace held open by `netns`.
@@ -132,14 +118,18 @@ fn port_forward_reaches_the_guest(flavour: ContainerdFlavour, name: &str) -> Res
         "httpd is not bound to the guest's loopback only: {listening}"
     );
 
-    // Upload: 10 MB to `nc`, which writes what it receives to a file, sent the way
-    // containerd's PortForward sends it: a connection to the port on the pod namespace's
-    // loopback. It stays open until the file is complete (closing is no end-of-data signal
-    // for a forwarded stream).
+    // Upload: 10 MB through containerd's stream server to `nc`, which writes what it
+    // receives to a file. The stream stays open until the file is complete: closing it ends
+    // the forwarded connection at once, whatever is still in flight.
     let data: Vec<u8> = (0..TEN_MB)
         .map(|i| u8::try_from(i * 31 % 251).unwrap_or(0))
         .collect();
-    let upload = push_through_loopback(&netns, 8082, data.clone())?;
+    let url = c.port_forward(&pod, &[8082])?;
+    let upload = c.block_on(async {
+        let mut s = PortForwardStream::connect(&url, 8082).await?;
+        s.send(&data).await?;
+        anyhow::Ok(s)
+    })?;
     let expected = sha256_hex(&data);
     let deadline = Instant::now() + SERVE_WITHIN;
     while guest_sha256(c, &servers, "/tmp/up")? != expected {
@@ -150,7 +140,7 @@ fn port_forward_reaches_the_guest(flavour: ContainerdFlavour, name: &str) -> Res
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    drop(upload);
+    c.block_on(upload.close())?;
 
     // A port nobody listens on: the client is told.
     let url = c.port_forward(&pod, &[8083])?;
