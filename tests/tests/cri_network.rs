@@ -3,7 +3,8 @@
 //! on the same bridge; the container sees the pod's interface with both its addresses
 //! (the test network is dual-stack); two husk
 //! pods reach each other, and a pod reaches a server in a plain namespace; the pod's DNS
-//! settings and hostname reach its containers.
+//! settings and hostname reach its containers; a hostPort mapping (`portmap`) reaches a pod
+//! from the host.
 
 mod cri_common;
 
@@ -16,7 +17,7 @@ use anyhow::{Context, Result, anyhow, ensure};
 use cri_common::{exec_ok, stop_and_remove_container, stop_and_remove_pod};
 use husk_tests::ContainerdFlavour;
 use husk_tests::cri::CriWorld;
-use k8s_cri::v1::DnsConfig;
+use k8s_cri::v1::{DnsConfig, PortMapping, Protocol};
 
 /// How long httpd may take to answer once its container runs (a TCG guest is slow).
 const SERVE_WITHIN: Duration = Duration::from_secs(30);
@@ -280,4 +281,80 @@ fn cri_pods_reach_each_other_and_the_bridge_containerd_2() -> Result<()> {
     }
     w.finish()?;
     Ok(())
+}
+
+/// `GET /` from the host's own namespace, retried until `SERVE_WITHIN`.
+fn get_from_host(address: SocketAddr) -> Result<String> {
+    let deadline = Instant::now() + SERVE_WITHIN;
+    loop {
+        let attempt = || -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut reply = String::new();
+            s.take(1 << 20).read_to_string(&mut reply)?;
+            Ok(reply)
+        };
+        match attempt() {
+            Ok(reply) if reply.starts_with("HTTP/1.") => return Ok(reply),
+            other if Instant::now() > deadline => {
+                return Err(anyhow!("no HTTP answer from {address}: {other:?}"));
+            }
+            _ => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// A pod's hostPort mapping (CNI `portmap`) reaches httpd in its VM from the host, at the
+/// node's address on the pod network and at `127.0.0.1`; the NAT rules go with the pod
+/// (the world's leak check looks for them).
+fn host_port_reaches_the_pod(flavour: ContainerdFlavour, name: &str) -> Result<()> {
+    let w = CriWorld::start(name, flavour)?;
+    let c = w.client();
+    // A port free on this host now; portmap claims it for the pod.
+    let host_port = std::net::TcpListener::bind("0.0.0.0:0")?
+        .local_addr()?
+        .port();
+    let mut cfg = w.pod_config("hostport")?;
+    cfg.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: i32::from(host_port),
+        host_ip: String::new(),
+    }];
+    // The node's own address on the pod network, as a bridge with `isGateway` has it, in
+    // place before the pod's CNI ADD (portmap looks for the host interface routing to the
+    // pod then, to let `127.0.0.1` reach it).
+    let (bridge, gateway) = (w.network().bridge(), w.network().gateway());
+    ip(&format!("link add {bridge} type bridge"))?;
+    ip(&format!("addr add {gateway}/24 dev {bridge}"))?;
+    ip(&format!("link set {bridge} up"))?;
+    let gateway: Ipv4Addr = gateway.parse()?;
+    let pod = w.run_pod_with(&cfg)?;
+    let script =
+        format!("mkdir -p /www && echo {PAGE} > /www/index.html && exec httpd -f -p 80 -h /www");
+    let web = w.start_container(&pod, &cfg, "httpd", &["sh", "-c", &script])?;
+
+    for to in [gateway, Ipv4Addr::LOCALHOST] {
+        let reply = get_from_host(SocketAddr::from((to, host_port)))?;
+        ensure!(
+            reply.contains(PAGE),
+            "hostPort {host_port} at {to}: {reply:?}"
+        );
+    }
+
+    stop_and_remove_container(c, &web, 2)?;
+    stop_and_remove_pod(&w, &pod)?;
+    w.finish()?;
+    Ok(())
+}
+
+#[test]
+fn cri_host_port_reaches_the_pod() -> Result<()> {
+    host_port_reaches_the_pod(ContainerdFlavour::System, "cri-net-hp")
+}
+
+#[test]
+fn cri_host_port_reaches_the_pod_containerd_2() -> Result<()> {
+    host_port_reaches_the_pod(ContainerdFlavour::V2, "cri-net-hp2")
 }

@@ -1,15 +1,16 @@
-//! The test's CNI network: one `bridge` + `host-local` conflist (Debian's
+//! The test's CNI network: one `bridge` + `host-local` + `portmap` conflist (Debian's
 //! `containernetworking-plugins` in `/usr/lib/cni`) with a bridge name and subnet of its
 //! own, and IP allocations kept in the test directory, so tests running at once never
 //! share a bridge or an allocation file.
 //!
 //! The bridge has no address (`isGateway: false`) and no masquerading (`ipMasq: false`):
-//! the host's routes, iptables and sysctls stay untouched. Pods get an address but no
-//! reachable network (wiring it into the VM comes later).
+//! the host's routes, iptables and sysctls stay untouched, except by `portmap` for a pod
+//! with hostPort mappings (a test that uses them gives the bridge [`CniNetwork::gateway`]
+//! so the host can route to the pods).
 //!
 //! Leftovers the checker looks for: the pods' network namespaces (`/var/run/netns/cni-*`,
-//! recorded per sandbox), host-local allocation files, and ports still attached to the
-//! bridge (veth ends). The bridge itself is created by the plugin on the first ADD and
+//! recorded per sandbox), host-local allocation files, ports still attached to the
+//! bridge (veth ends) and `portmap`'s NAT rules for this network. The bridge itself is created by the plugin on the first ADD and
 //! never deleted by it; [`CniNetwork::teardown`] removes it at the end of the test.
 
 use std::fs;
@@ -80,6 +81,11 @@ impl CniNetwork {
     }
 
     /// Whether `ip` is in the test's subnet (a pod address host-local handed out).
+    /// The subnet's first address: what a node's bridge would carry as the pods' gateway.
+    pub fn gateway(&self) -> String {
+        self.subnet.replace("0/24", "1")
+    }
+
     pub fn owns(&self, ip: &str) -> bool {
         let prefix = self.subnet.trim_end_matches("0/24");
         ip.parse::<IpAddr>().is_ok() && ip.starts_with(prefix) && ip.len() > prefix.len()
@@ -102,13 +108,17 @@ impl CniNetwork {
                     "ranges": [[{ "subnet": self.subnet }], [{ "subnet": self.subnet6 }]],
                     "dataDir": self.ipam_dir,
                 }
+            }, {
+                "type": "portmap",
+                "capabilities": { "portMappings": true },
+                "snat": true,
             }]
         })
     }
 
     /// Writes the conflist; checks the plugins it names are installed.
     pub fn write(&self) -> Result<()> {
-        for plugin in ["bridge", "host-local", "loopback"] {
+        for plugin in ["bridge", "host-local", "loopback", "portmap"] {
             let p = Path::new(super::config::CNI_BIN_DIR).join(plugin);
             ensure!(
                 p.is_file(),
@@ -165,7 +175,30 @@ impl CniNetwork {
                 .iter()
                 .map(|p| format!("interface {p} still attached to bridge {}", self.bridge)),
         );
+        found.extend(
+            self.host_port_rules()
+                .into_iter()
+                .map(|r| format!("portmap NAT rule left: {r}")),
+        );
         found
+    }
+
+    /// `portmap`'s NAT rules that name this network (its DNAT chains carry a comment with
+    /// the network name and the sandbox id).
+    fn host_port_rules(&self) -> Vec<String> {
+        let Ok(out) = Cmd::new("iptables")
+            .args(["-w", "5", "-t", "nat", "-S"])
+            .timeout(IP_TIMEOUT)
+            .checked()
+        else {
+            return Vec::new();
+        };
+        let needle = format!("\"{}\"", self.name);
+        out.stdout_text()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_owned)
+            .collect()
     }
 
     fn bridge_exists(&self) -> bool {
@@ -203,6 +236,13 @@ impl CniNetwork {
 mod tests {
     use super::*;
 
+    fn subnet_of(c: &serde_json::Value) -> String {
+        c["plugins"][0]["ipam"]["ranges"][0][0]["subnet"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     #[test]
     fn names_fit_and_differ_per_test() {
         let a = CniNetwork::new(Path::new("/t/a"), "ht1x2");
@@ -213,6 +253,9 @@ mod tests {
         assert_eq!(c["plugins"][0]["bridge"], a.bridge());
         assert_eq!(c["plugins"][0]["ipam"]["dataDir"], "/t/a/cni/ipam");
         assert_eq!(c["plugins"][0]["isGateway"], false);
+        assert_eq!(c["plugins"][1]["type"], "portmap");
+        assert_eq!(c["plugins"][1]["capabilities"]["portMappings"], true);
+        assert_eq!(a.gateway(), subnet_of(&c).replace("0/24", "1"));
         assert_eq!(a.conf_dir(), Path::new("/t/a/cni/net.d"));
         let subnet = c["plugins"][0]["ipam"]["ranges"][0][0]["subnet"]
             .as_str()

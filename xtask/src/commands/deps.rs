@@ -13,7 +13,7 @@ use crate::ui::{note, step};
 use crate::workspace::Workspace;
 
 /// Debian packages: VMM, container stack, image tools, kernel build, agent build.
-pub const APT_PACKAGES: [&str; 20] = [
+pub const APT_PACKAGES: [&str; 21] = [
     "qemu-system-x86",
     "containerd",
     "runc",
@@ -21,6 +21,8 @@ pub const APT_PACKAGES: [&str; 20] = [
     "skopeo",
     "busybox-static",
     "containernetworking-plugins",
+    // portmap (hostPort) drives iptables.
+    "iptables",
     "protobuf-compiler",
     "linux-source-6.1",
     "bc",
