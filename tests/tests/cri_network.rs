@@ -16,35 +16,23 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, ensure};
 use cri_common::{exec_ok, stop_and_remove_container, stop_and_remove_pod};
 use husk_tests::ContainerdFlavour;
-use husk_tests::cri::CriWorld;
+use husk_tests::cri::{CriWorld, PlainNs};
 use k8s_cri::v1::{DnsConfig, PortMapping, Protocol};
 
 /// How long httpd may take to answer once its container runs (a TCG guest is slow).
 const SERVE_WITHIN: Duration = Duration::from_secs(30);
 const PAGE: &str = "husk-net-ok";
 
-/// A plain network namespace with a veth on the test's bridge: a host on the pod network.
+/// A plain network namespace on the test's bridge: a host on the pod network.
 struct Client {
-    netns: String,
+    ns: PlainNs,
 }
 
 impl Client {
     fn attach(bridge: &str, address: &str, tag: &str) -> Result<Self> {
-        let netns = format!("husk-cli-{tag}");
-        let host_end = format!("hc{}", &tag[tag.len().saturating_sub(8)..]);
-        let client = Self { netns };
-        let ns = client.netns.as_str();
-        for args in [
-            format!("netns add {ns}"),
-            format!("link add {host_end} type veth peer name eth0 netns {ns}"),
-            format!("link set {host_end} master {bridge} up"),
-            format!("-n {ns} addr add {address} dev eth0"),
-            format!("-n {ns} link set eth0 up"),
-            format!("-n {ns} link set lo up"),
-        ] {
-            ip(&args)?;
-        }
-        Ok(client)
+        Ok(Self {
+            ns: PlainNs::attach(bridge, address, tag)?,
+        })
     }
 
     /// Answers one HTTP request on `port` from inside the client's namespace with `body`.
@@ -53,10 +41,8 @@ impl Client {
         port: u16,
         body: &'static str,
     ) -> Result<std::thread::JoinHandle<Result<()>>> {
-        let netns = std::fs::File::open(format!("/run/netns/{}", self.netns))?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let server = std::thread::spawn(move || -> Result<()> {
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let server = self.ns.run_in(move || -> Result<()> {
             let listener = std::net::TcpListener::bind(("0.0.0.0", port))?;
             listener.set_nonblocking(true)?;
             let _ = ready_tx.send(());
@@ -84,7 +70,7 @@ impl Client {
                     Err(e) => return Err(anyhow!("serving on port {port}: {e}")),
                 }
             }
-        });
+        })?;
         ready_rx
             .recv_timeout(Duration::from_secs(5))
             .map_err(|_| anyhow!("the plain namespace's server did not start"))?;
@@ -93,39 +79,7 @@ impl Client {
 
     /// `GET /` from inside the client's namespace, retried until `SERVE_WITHIN`.
     fn get(&self, to: Ipv4Addr) -> Result<String> {
-        let netns = std::fs::File::open(format!("/run/netns/{}", self.netns))?;
-        std::thread::spawn(move || -> Result<String> {
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            let deadline = Instant::now() + SERVE_WITHIN;
-            let address = SocketAddr::from((to, 80));
-            loop {
-                let attempt = || -> std::io::Result<String> {
-                    let mut s = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-                    let mut reply = String::new();
-                    s.take(1 << 20).read_to_string(&mut reply)?;
-                    Ok(reply)
-                };
-                match attempt() {
-                    Ok(reply) => return Ok(reply),
-                    Err(e) if Instant::now() > deadline => {
-                        return Err(anyhow!("no HTTP answer from {address}: {e}"));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(250)),
-                }
-            }
-        })
-        .join()
-        .map_err(|_| anyhow!("the client thread panicked"))?
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
+        self.ns.run(move || get_http(SocketAddr::from((to, 80))))
     }
 }
 
@@ -283,8 +237,8 @@ fn cri_pods_reach_each_other_and_the_bridge_containerd_2() -> Result<()> {
     Ok(())
 }
 
-/// `GET /` from the host's own namespace, retried until `SERVE_WITHIN`.
-fn get_from_host(address: SocketAddr) -> Result<String> {
+/// `GET /` from the calling thread's namespace, retried until `SERVE_WITHIN`.
+fn get_http(address: SocketAddr) -> Result<String> {
     let deadline = Instant::now() + SERVE_WITHIN;
     loop {
         let attempt = || -> std::io::Result<String> {
@@ -336,7 +290,7 @@ fn host_port_reaches_the_pod(flavour: ContainerdFlavour, name: &str) -> Result<(
     let web = w.start_container(&pod, &cfg, "httpd", &["sh", "-c", &script])?;
 
     for to in [gateway, Ipv4Addr::LOCALHOST] {
-        let reply = get_from_host(SocketAddr::from((to, host_port)))?;
+        let reply = get_http(SocketAddr::from((to, host_port)))?;
         ensure!(
             reply.contains(PAGE),
             "hostPort {host_port} at {to}: {reply:?}"

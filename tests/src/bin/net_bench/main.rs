@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use husk_tests::ContainerdFlavour;
-use husk_tests::cri::{CriClient, CriWorld};
-
-use plain::PlainNs;
+use husk_tests::cri::{CriClient, CriWorld, PlainNs};
 
 /// Bytes sent per throughput run.
 const PAYLOAD_MIB: u64 = 64;
@@ -26,8 +24,33 @@ const RUNS: usize = 3;
 /// Pings per path.
 const PINGS: u32 = 20;
 const SINK_PORT: u16 = 5001;
-/// A sink that takes one connection after another and throws the bytes away.
-const SINK: &str = "while true; do nc -l -p 5001 > /dev/null; done";
+/// The sink: one `wc -c` per connection, run by `nc` with the connection as its input (so
+/// the sink reads until the sender's end of stream), appending the byte count to a file;
+/// a run counts only if all of the payload arrived.
+/// `busybox`: how the sink's programs are named (`""` in the pod, where the applets are on
+/// `PATH`; `"busybox"` on the host).
+fn sink(busybox: &str, counts: &str) -> Vec<String> {
+    let applet = |name: &str| format!("{busybox} {name}").trim().to_owned();
+    let port = SINK_PORT.to_string();
+    let mut args = vec![
+        "nc".to_owned(),
+        "-ll".into(),
+        "-p".into(),
+        port,
+        "-e".into(),
+    ];
+    if !busybox.is_empty() {
+        args.push(busybox.to_owned());
+    }
+    args.extend([
+        "sh".into(),
+        "-c".into(),
+        format!("{} >> {counts}", applet("wc -c")),
+    ]);
+    args
+}
+/// Where the pod's sink counts.
+const POD_COUNTS: &str = "/tmp/sunk";
 
 /// One path's figures.
 struct PathFigures {
@@ -46,9 +69,9 @@ struct Ping {
 
 fn main() -> Result<()> {
     let w = CriWorld::start("bench-net", ContainerdFlavour::System)?;
-    let result = measure(&w);
+    // On failure the world is dropped unfinished, which cleans up what the run left.
+    let figures = measure(&w)?;
     w.finish()?;
-    let figures = result?;
     print!("{}", report(&figures));
     Ok(())
 }
@@ -56,7 +79,9 @@ fn main() -> Result<()> {
 fn measure(w: &CriWorld) -> Result<Vec<PathFigures>> {
     let c = w.client();
     let (server_pod, server_cfg) = w.run_pod("net-server")?;
-    let server = w.start_container(&server_pod, &server_cfg, "sink", &["sh", "-c", SINK])?;
+    let pod_sink = sink("", POD_COUNTS);
+    let pod_sink: Vec<&str> = pod_sink.iter().map(String::as_str).collect();
+    let server = w.start_container(&server_pod, &server_cfg, "sink", &pod_sink)?;
     let (client_pod, client_cfg) = w.run_pod("net-client")?;
     let client = w.start_container(&client_pod, &client_cfg, "client", &["sleep", "100000"])?;
     let server_ip = pod_ip(c, &server_pod)?;
@@ -73,24 +98,46 @@ fn measure(w: &CriWorld) -> Result<Vec<PathFigures>> {
         "bf",
     )?;
     let floor_ip = subnet.replace("0/24", "241");
-    let _floor_sink = floor.spawn_busybox(&["sh", "-c", SINK])?;
+    let floor_counts = std::env::temp_dir().join(format!("husk-nb-sunk-{}", std::process::id()));
+    let floor_counts_text = floor_counts.display().to_string();
+    let _floor_sink = floor.spawn_busybox(&sink("busybox", &floor_counts_text))?;
+    let floor_lines = || -> Result<Vec<String>> {
+        let text = std::fs::read_to_string(&floor_counts).unwrap_or_default();
+        Ok(text.lines().map(str::to_owned).collect())
+    };
+    let pod_lines = || -> Result<Vec<String>> {
+        let out = exec(
+            c,
+            &server,
+            &["sh", "-c", &format!("cat {POD_COUNTS} 2>/dev/null || true")],
+        )?;
+        Ok(out.lines().map(str::to_owned).collect())
+    };
 
     let pings = PINGS.to_string();
     let ping = |to: &str| ["ping", "-q", "-c", pings.as_str(), "-i", "0.2", to].map(str::to_owned);
     let figures = vec![
         PathFigures {
             what: "floor: plain namespace → plain namespace",
-            mib_per_s: runs(|| host.push(&floor_ip, SINK_PORT, PAYLOAD_MIB))?,
+            mib_per_s: runs(|| {
+                counted(&floor_lines, || {
+                    plain::push(&host, &floor_ip, SINK_PORT, PAYLOAD_MIB)
+                })
+            })?,
             ping: parse_ping(&host.busybox(&ping(&floor_ip))?)?,
         },
         PathFigures {
             what: "host (plain namespace) → husk pod",
-            mib_per_s: runs(|| host.push(&server_ip, SINK_PORT, PAYLOAD_MIB))?,
+            mib_per_s: runs(|| {
+                counted(&pod_lines, || {
+                    plain::push(&host, &server_ip, SINK_PORT, PAYLOAD_MIB)
+                })
+            })?,
             ping: parse_ping(&host.busybox(&ping(&server_ip))?)?,
         },
         PathFigures {
             what: "husk pod → husk pod",
-            mib_per_s: runs(|| pod_push(c, &client, &server_ip))?,
+            mib_per_s: runs(|| counted(&pod_lines, || pod_push(c, &client, &server_ip)))?,
             ping: parse_ping(&exec(c, &client, &ping(&server_ip))?)?,
         },
     ];
@@ -100,7 +147,32 @@ fn measure(w: &CriWorld) -> Result<Vec<PathFigures>> {
         c.stop_pod_sandbox(pod)?;
         c.remove_pod_sandbox(pod)?;
     }
+    let _ = std::fs::remove_file(&floor_counts);
     Ok(figures)
+}
+
+/// Runs `push` and checks that the sink (whose counts `lines` reads) got the whole payload.
+fn counted(
+    lines: &dyn Fn() -> Result<Vec<String>>,
+    push: impl FnOnce() -> Result<f64>,
+) -> Result<f64> {
+    let before = lines()?.len();
+    let rate = push()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = lines()?;
+        if now.len() > before {
+            let got: u64 = now[before].trim().parse().unwrap_or_default();
+            ensure!(
+                got == PAYLOAD_MIB << 20,
+                "the sink got {got} bytes of {}",
+                PAYLOAD_MIB << 20
+            );
+            return Ok(rate);
+        }
+        ensure!(Instant::now() < deadline, "the sink never reported the run");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn runs(mut one: impl FnMut() -> Result<f64>) -> Result<Vec<f64>> {
@@ -196,7 +268,7 @@ fn report(figures: &[PathFigures]) -> String {
         ));
     }
     out.push_str(&format!(
-        "\nMethod: `net_bench` (run by `cargo xtask bench`): a private containerd 1.6 with CRI and the test's bridge + host-local CNI network; two husk pods, one running a busybox `nc` sink on port {SINK_PORT}; two plain network namespaces on the same bridge, one running the same sink with the host's busybox. Throughput: {PAYLOAD_MIB} MiB pushed with `nc` (from the host: a Rust client, connect until the sink closes; from a pod: `dd | nc` in an ExecSync, timed on the host minus an ExecSync of `true`), {RUNS} runs. RTT: busybox `ping -c {PINGS} -i 0.2`.\n"
+        "\nMethod: `net_bench` (run by `cargo xtask bench`): a private containerd 1.6 with CRI and the test's bridge + host-local CNI network; two husk pods, one running a busybox sink on port {SINK_PORT} (`nc -ll -e sh -c 'wc -c >> counts'`: each connection is read to its end and its byte count noted; a run counts only if the whole payload arrived); two plain network namespaces on the same bridge, one running the same sink with the host's busybox. Throughput: {PAYLOAD_MIB} MiB pushed with `nc` (from the host: a Rust client, connect until the sink closes; from a pod: `dd | nc` in an ExecSync, timed on the host minus an ExecSync of `true`), {RUNS} runs. RTT: busybox `ping -c {PINGS} -i 0.2`.\n"
     ));
     out
 }
