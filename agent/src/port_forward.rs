@@ -29,22 +29,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepts forwarding connections forever.
 pub async fn serve(listener: VsockListener, log: Logger) {
     let slots = Arc::new(Semaphore::new(MAX_FORWARDS));
-    loop {
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                let slot = Arc::clone(&slots).try_acquire_owned().ok();
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let _slot = &slot;
-                    forward(stream, slot.is_some(), &log).await;
-                });
-            }
-            Err(e) => {
-                warn!(log, "accepting a forwarding connection failed"; "error" => %e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    crate::server::accept_each(listener, "forward", log.clone(), |stream| {
+        let slot = Arc::clone(&slots).try_acquire_owned().ok();
+        let log = log.clone();
+        async move {
+            forward(stream, slot.is_some(), &log).await;
+            drop(slot);
         }
-    }
+    })
+    .await;
 }
 
 /// What became of one connection.

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use husk_protocol::agent_ttrpc::{Agent, create_agent};
 use husk_protocol::{AGENT_VSOCK_PORT, FORWARD_VSOCK_PORT, IO_VSOCK_PORT};
-use slog::Logger;
+use slog::{Logger, warn};
 use thiserror::Error;
-use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
+use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener, VsockStream};
 use ttrpc::r#async::Server;
 use ttrpc::r#async::transport::Listener;
 
@@ -56,5 +56,29 @@ impl Listeners {
         tokio::spawn(attach::serve(self.io, streams, log.clone()));
         tokio::spawn(crate::port_forward::serve(self.forward, log));
         Ok(server)
+    }
+}
+
+/// Accepts connections on `listener` forever, each served by a task `serve` makes. A failed
+/// accept (typically EMFILE) is logged and retried after a pause, never in a spin.
+pub async fn accept_each<F, Fut>(
+    listener: VsockListener,
+    what: &'static str,
+    log: Logger,
+    mut serve: F,
+) where
+    F: FnMut(VsockStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                tokio::spawn(serve(stream));
+            }
+            Err(e) => {
+                warn!(log, "accepting a connection failed"; "port" => what, "error" => %e);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
     }
 }

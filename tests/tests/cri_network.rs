@@ -10,12 +10,12 @@ mod cri_common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use cri_common::{exec_ok, stop_and_remove_container, stop_and_remove_pod};
 use husk_tests::ContainerdFlavour;
+use husk_tests::cri::plain_ns::ip;
 use husk_tests::cri::{CriWorld, PlainNs};
 use k8s_cri::v1::{DnsConfig, PortMapping, Protocol};
 
@@ -81,16 +81,6 @@ impl Client {
     fn get(&self, to: Ipv4Addr) -> Result<String> {
         self.ns.run(move || get_http(SocketAddr::from((to, 80))))
     }
-}
-
-fn ip(args: &str) -> Result<()> {
-    let out = Command::new("ip").args(args.split_whitespace()).output()?;
-    ensure!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 #[test]

@@ -53,20 +53,14 @@ pub async fn serve(
     registry: Arc<StreamRegistry<VsockStream>>,
     log: Logger,
 ) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                let registry = Arc::clone(&registry);
-                let log = log.clone();
-                tokio::spawn(async move { attach(stream, &registry, &log).await });
-            }
-            Err(e) => {
-                // Typically EMFILE; back off briefly instead of spinning.
-                warn!(log, "accepting an IO stream failed"; "error" => %e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    crate::server::accept_each(listener, "io", log.clone(), |stream| {
+        let registry = Arc::clone(&registry);
+        let log = log.clone();
+        async move {
+            attach(stream, &registry, &log).await;
         }
-    }
+    })
+    .await;
 }
 
 /// What became of one connection.

@@ -30,7 +30,8 @@ impl Drop for Spawned {
     }
 }
 
-fn ip(args: &str) -> Result<()> {
+/// Runs `ip` with `args` (split at spaces); its error output on failure.
+pub fn ip(args: &str) -> Result<()> {
     let out = Command::new("ip").args(args.split_whitespace()).output()?;
     ensure!(
         out.status.success(),
