@@ -1,0 +1,179 @@
+//! Bad pod networks are refused at the pod's first Create (what containerd's
+//! RunPodSandbox turns into), within a bounded time, by name, and leave nothing behind:
+//! a network namespace path that does not exist, a path that is no network namespace, an
+//! interface husk cannot carry (a tun device: no MAC, link type `none`), and more
+//! interfaces than a VM takes (nine up veth ends). The namespaces are made with `ip`, as CNI would leave them.
+
+mod shim_common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, ensure};
+use containerd_shim_protos::api::*;
+use husk_tests::{Runtime, TestBed};
+use shim_common::*;
+
+/// Far above what refusing takes (milliseconds); a hang fails the test instead of the CI.
+const REFUSED_WITHIN: Duration = Duration::from_secs(60);
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A namespace made for one case, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String, links: &[&[&str]]) -> Result<Self> {
+        ip(&["netns", "add", &name])?;
+        let ns = Self(name);
+        for link in links {
+            let mut args = vec!["-n", ns.0.as_str()];
+            args.extend_from_slice(link);
+            ip(&args)?;
+        }
+        Ok(ns)
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+
+    /// What husk could have left in the namespace: taps and ingress qdiscs.
+    fn husk_leftovers(&self) -> Result<String> {
+        let links = Command::new("ip")
+            .args(["-n", &self.0, "-o", "link"])
+            .output()?;
+        let qdiscs = Command::new("ip")
+            .args(["netns", "exec", &self.0, "tc", "qdisc", "show"])
+            .output()?;
+        let links = String::from_utf8_lossy(&links.stdout).into_owned();
+        let qdiscs = String::from_utf8_lossy(&qdiscs.stdout).into_owned();
+        Ok(links
+            .lines()
+            .chain(qdiscs.lines())
+            .filter(|l| l.contains("husk") || l.contains("ingress"))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Creates pod `case`'s first container with its network namespace at `netns`; the
+/// refusal's message.
+async fn refusal(
+    bed: &TestBed,
+    containerd: &FakeContainerd,
+    case: &str,
+    netns: &str,
+) -> Result<String> {
+    let (pod, id) = (bed.id(&format!("{case}-pod")), bed.id(case));
+    let bundle = make_bundle_with(bed, &pod, &id, &["true"], |spec| {
+        for ns in spec["linux"]["namespaces"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            if ns["type"] == "network" {
+                ns["path"] = serde_json::json!(netns);
+            }
+        }
+    })?;
+    let (out, err) = (bundle.join("stdout"), bundle.join("stderr"));
+    let shim = start_shim(bed, &bundle, &id, &containerd.socket).await?;
+    let created = tokio::time::timeout(
+        REFUSED_WITHIN,
+        shim.client
+            .create(ctx(), &create_request(&id, &bundle, &out, &err)),
+    )
+    .await
+    .map_err(|_| anyhow!("{case}: Create took more than {REFUSED_WITHIN:?}"))?;
+    let message = match created {
+        Ok(_) => return Err(anyhow!("{case}: Create succeeded with netns {netns}")),
+        Err(ttrpc::Error::RpcStatus(s)) => s.message().to_owned(),
+        Err(e) => return Err(anyhow!("{case}: Create failed without a status: {e}")),
+    };
+    // As containerd does after a failed create: the shim goes.
+    let _ = shim
+        .client
+        .shutdown(ctx(), &req(|r: &mut ShutdownRequest| r.id = id.clone()))
+        .await;
+    wait_for(|| (!shim.socket.exists()).then_some(()))
+        .await
+        .with_context(|| format!("{case}: the shim did not exit after the refusal"))?;
+    Ok(message)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pod_networks_are_refused_by_name_and_leave_nothing() -> Result<()> {
+    let bed = TestBed::start("shimbadnet", Runtime::Husk)?;
+    let containerd = FakeContainerd::start(&bed).await?;
+    let tag = std::process::id();
+
+    let missing = format!("/run/netns/husk-missing-{tag}");
+    let message = refusal(&bed, &containerd, "missing", &missing).await?;
+    ensure!(
+        message.contains(&missing) && message.contains("cannot be opened"),
+        "a missing namespace: {message:?}"
+    );
+
+    let not_ns = bed.dir().join("not-a-namespace");
+    std::fs::write(&not_ns, "")?;
+    let not_ns = not_ns.display().to_string();
+    let message = refusal(&bed, &containerd, "notns", &not_ns).await?;
+    ensure!(
+        message.contains(&not_ns) && message.contains("is not a network namespace"),
+        "a file that is no namespace: {message:?}"
+    );
+
+    let tun = Netns::new(
+        format!("husk-bn-tun-{tag}"),
+        &[
+            &["tuntap", "add", "dev", "tun7", "mode", "tun"],
+            &["link", "set", "tun7", "up"],
+        ],
+    )?;
+    let message = refusal(&bed, &containerd, "tun", &tun.path()).await?;
+    ensure!(
+        message.contains("tun7") && message.contains("cannot be carried"),
+        "a tun interface: {message:?}"
+    );
+    let left = tun.husk_leftovers()?;
+    ensure!(left.is_empty(), "left in the namespace: {left}");
+
+    // Nine veth pairs with one end up: nine Ethernet interfaces husk would take.
+    let names: Vec<(String, String)> = (0..9).map(|i| (format!("v{i}"), format!("p{i}"))).collect();
+    let mut links: Vec<Vec<&str>> = Vec::new();
+    for (name, peer) in &names {
+        links.push(vec![
+            "link", "add", name, "type", "veth", "peer", "name", peer,
+        ]);
+        links.push(vec!["link", "set", name, "up"]);
+    }
+    let links: Vec<&[&str]> = links.iter().map(Vec::as_slice).collect();
+    let many = Netns::new(format!("husk-bn-many-{tag}"), &links)?;
+    let message = refusal(&bed, &containerd, "many", &many.path()).await?;
+    ensure!(
+        message.contains("9 network interfaces") && message.contains("at most 8"),
+        "nine interfaces: {message:?}"
+    );
+    let left = many.husk_leftovers()?;
+    ensure!(left.is_empty(), "left in the namespace: {left}");
+
+    containerd.shutdown().await?;
+    // No VM, helper, mount, pod directory or cgroup of any of the four pods.
+    bed.finish()?;
+    Ok(())
+}
