@@ -1,7 +1,7 @@
 //! Pod networking through CRI: the pod's CNI address answers from inside the VM. A busybox
 //! `httpd` in a husk pod serves HTTP at the pod IP to a client in a plain network namespace
 //! on the same bridge; the container sees the pod's interface with both its addresses
-//! (the test network is dual-stack); two husk
+//! (the test network is dual-stack) and answers over IPv6 too; two husk
 //! pods reach each other, and a pod reaches a server in a plain namespace; the pod's DNS
 //! settings and hostname reach its containers; a hostPort mapping (`portmap`) reaches a pod
 //! from the host.
@@ -78,7 +78,7 @@ impl Client {
     }
 
     /// `GET /` from inside the client's namespace, retried until `SERVE_WITHIN`.
-    fn get(&self, to: Ipv4Addr) -> Result<String> {
+    fn get(&self, to: std::net::IpAddr) -> Result<String> {
         self.ns.run(move || get_http(SocketAddr::from((to, 80))))
     }
 }
@@ -121,10 +121,19 @@ fn cri_pod_ip_answers_http_from_inside_the_vm() -> Result<()> {
     let subnet = w.network().subnet();
     let client_ip = subnet.replace("0/24", "250/24");
     let client = Client::attach(w.network().bridge(), &client_ip, &pod[..12])?;
-    let reply = client.get(pod_ip)?;
+    let reply = client.get(pod_ip.into())?;
     ensure!(
         reply.starts_with("HTTP/1.") && reply.contains(PAGE),
         "HTTP from the pod at {pod_ip}: {reply:?}"
+    );
+    // And over IPv6, from the client's address in the network's IPv6 range.
+    let client_ip6 = w.network().subnet6().replace("::/64", "::fa/64");
+    client.ns.add_ipv6(&client_ip6)?;
+    let pod_ip6: std::net::Ipv6Addr = pod_ip6.parse()?;
+    let reply = client.get(pod_ip6.into())?;
+    ensure!(
+        reply.starts_with("HTTP/1.") && reply.contains(PAGE),
+        "HTTP from the pod at [{pod_ip6}]: {reply:?}"
     );
     drop(client);
 

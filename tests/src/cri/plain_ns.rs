@@ -63,6 +63,14 @@ impl PlainNs {
         Ok(ns)
     }
 
+    /// Adds IPv6 address `cidr` to `eth0`, usable at once (no duplicate detection).
+    pub fn add_ipv6(&self, cidr: &str) -> Result<()> {
+        ip(&format!(
+            "-n {} -6 addr add {cidr} dev eth0 nodad",
+            self.name
+        ))
+    }
+
     /// Runs `f` on a thread of its own inside the namespace.
     pub fn run_in<T: Send + 'static>(
         &self,
