@@ -17,6 +17,8 @@ use super::*;
 
 /// The port the fake guest refuses, as if nothing listened there.
 const CLOSED_PORT: u16 = 9;
+/// The port for which the fake guest takes the header and then never answers.
+const SILENT_PORT: u16 = 10;
 
 fn log() -> Logger {
     Logger::root(slog::Discard, slog::o!())
@@ -75,6 +77,10 @@ fn fake_agent(uds: &Path) -> Arc<Mutex<Vec<ForwardHeader>>> {
                 stream.read_exact(&mut bytes).await.unwrap();
                 let header = ForwardHeader::decode(&bytes).unwrap();
                 record.lock().unwrap().push(header);
+                if header.port == SILENT_PORT {
+                    // A hostile guest: holds the connection, says nothing.
+                    std::future::pending::<()>().await;
+                }
                 if header.port == CLOSED_PORT {
                     stream.write_all(&[STATUS_REFUSED]).await.unwrap();
                     return;
@@ -191,4 +197,26 @@ async fn only_loopback_is_taken_and_nothing_once_the_forwarder_is_gone() {
         std::io::ErrorKind::ConnectionRefused
     );
     assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_guest_that_never_answers_costs_the_client_a_bounded_wait() {
+    let (ns, dir) = (TestNs::new(), tempfile::tempdir().unwrap());
+    let (_forwarder, seen) = start(&ns, &dir);
+    let started = std::time::Instant::now();
+    let got = dial(
+        &ns.path(),
+        (Ipv4Addr::LOCALHOST, SILENT_PORT).into(),
+        vec![1; 10],
+    )
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+            || matches!(&got, Ok(v) if v.is_empty()),
+        "{got:?}"
+    );
+    // The status wait is bounded (10 s); `dial` itself would give up after 20 s.
+    assert!(waited < Duration::from_secs(15), "waited {waited:?}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
 }
