@@ -1,5 +1,9 @@
 //! virtio-vsock over virtio-mmio: wraps the transport-independent [`VsockDevice`] (hybrid
 //! vsock host side, shared with the QEMU backend's vhost-user server).
+//!
+//! The driver's register writes (activation, reset) arrive on vCPU threads, whose syscall
+//! filter allows no socket or epoll call; every touch of the host sockets is left to the
+//! device thread, woken through the RX queue's kick eventfd.
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -7,6 +11,7 @@ use slog::{Logger, debug, warn};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{Activation, IrqTrigger, Memory, TYPE_VSOCK, VirtioDevice, VirtioError, notify_used};
 use husk_vsock::VsockDevice;
@@ -28,6 +33,10 @@ pub struct Vsock {
     active: Option<Active>,
     /// The guest corrupted a queue: its queues are left alone until the driver resets.
     broken: bool,
+    /// The driver reset the device; the host connections go on the device thread.
+    reset_pending: bool,
+    /// Wakes the device thread (a duplicate of the RX queue's kick eventfd).
+    wake: Option<EventFd>,
     log: Logger,
 }
 
@@ -37,7 +46,24 @@ impl Vsock {
             device,
             active: None,
             broken: false,
+            reset_pending: false,
+            wake: None,
             log,
+        }
+    }
+
+    /// Has the device thread run [`Self::settle`] and the RX queue soon.
+    fn wake_device_thread(&self) {
+        if let Some(wake) = &self.wake {
+            // A full counter already means a wake-up is due.
+            let _ = wake.write(1);
+        }
+    }
+
+    /// On the device thread: drops the connections of a reset the driver made.
+    fn settle(&mut self) {
+        if std::mem::take(&mut self.reset_pending) {
+            self.device.reset();
         }
     }
 
@@ -133,15 +159,24 @@ impl VirtioDevice for Vsock {
             tx,
             irq: a.irq,
         });
+        if let Some(kick) = a.kicks.get(RX_QUEUE) {
+            match kick.try_clone() {
+                Ok(wake) => self.wake = Some(wake),
+                Err(e) => {
+                    warn!(self.log, "cannot keep the RX kick to wake the device thread"; "error" => %e)
+                }
+            }
+        }
         // Host clients may have queued requests before the driver came up.
-        self.process_rx();
+        self.wake_device_thread();
         Ok(())
     }
 
     fn reset(&mut self) {
         self.active = None;
         self.broken = false;
-        self.device.reset();
+        self.reset_pending = true;
+        self.wake_device_thread();
     }
 
     fn needs_reset(&self) -> bool {
@@ -153,6 +188,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn queue_event(&mut self, queue: usize) {
+        self.settle();
         match queue {
             RX_QUEUE => self.process_rx(),
             TX_QUEUE => {
@@ -164,6 +200,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn host_event(&mut self, _index: usize) {
+        self.settle();
         self.device.process_host_events();
         self.process_rx();
     }
