@@ -21,6 +21,10 @@ const TAIL_LINES: usize = 20;
 const MAX_LINE_BYTES: usize = 1024;
 /// Console/log lines forwarded to the shim log per second; the rest are counted and dropped.
 const MAX_LINES_PER_SECOND: u32 = 50;
+/// How long [`Supervised::stop`] waits, once the process ended, for its last output lines
+/// (its exit reason, say) to reach the log. A descendant holding the pipes open costs no
+/// more than this.
+const DRAIN_WITHIN: Duration = Duration::from_secs(1);
 
 /// A child process that is killed when this handle (or the whole shim) goes away.
 pub(crate) struct Supervised {
@@ -29,6 +33,9 @@ pub(crate) struct Supervised {
     exit: watch::Receiver<Option<ExitStatus>>,
     kill: mpsc::Sender<()>,
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// Output forwarders started, and how many have reached the end of their pipe.
+    forwarders: usize,
+    drained: watch::Receiver<usize>,
 }
 
 /// What to do with a child's stdout.
@@ -102,11 +109,25 @@ impl Supervised {
         let pid = child.id().unwrap_or_default();
         let log = log.new(slog::o!("process" => role, "pid" => pid));
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let (drained_tx, drained) = watch::channel(0usize);
+        let drained_tx = Arc::new(drained_tx);
+        let mut forwarders = 0;
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(forward_lines(err, log.clone(), Some(tail.clone())));
+            forwarders += 1;
+            let done = drained_tx.clone();
+            let (log, tail) = (log.clone(), tail.clone());
+            tokio::spawn(async move {
+                forward_lines(err, log, Some(tail)).await;
+                done.send_modify(|n| *n += 1);
+            });
         }
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(forward_lines(out, log.clone(), None));
+            forwarders += 1;
+            let (done, log) = (drained_tx, log.clone());
+            tokio::spawn(async move {
+                forward_lines(out, log, None).await;
+                done.send_modify(|n| *n += 1);
+            });
         }
         let (exit_tx, exit) = watch::channel(None);
         let (kill, kill_rx) = mpsc::channel::<()>(1);
@@ -117,6 +138,8 @@ impl Supervised {
             exit,
             kill,
             tail,
+            forwarders,
+            drained,
         })
     }
 
@@ -154,12 +177,19 @@ impl Supervised {
             let _ = self.kill.try_send(());
         }
         // After a kill the wait completes promptly; bound it anyway.
-        let waited =
-            tokio::time::timeout(Duration::from_secs(5), exit.wait_for(Option::is_some)).await;
-        match waited {
+        let status = match tokio::time::timeout(
+            Duration::from_secs(5),
+            exit.wait_for(Option::is_some),
+        )
+        .await
+        {
             Ok(Ok(status)) => status.unwrap_or_else(|| ExitStatus::from_raw(libc::SIGKILL)),
             _ => ExitStatus::from_raw(libc::SIGKILL),
-        }
+        };
+        let mut drained = self.drained.clone();
+        let _ =
+            tokio::time::timeout(DRAIN_WITHIN, drained.wait_for(|n| *n >= self.forwarders)).await;
+        status
     }
 }
 
@@ -304,18 +334,36 @@ mod tests {
     async fn supervised_child_reports_exit_and_stderr() {
         let log = Logger::root(slog::Discard, slog::o!());
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo boom >&2; exit 3"]);
+        cmd.args(["-c", "echo boom >&2; echo last words >&2; exit 3"]);
         let child = Supervised::spawn("test", cmd, Stdout::Null, Vec::new(), &log).unwrap();
         let status = child.stop(Duration::from_secs(5)).await;
         assert_eq!(status.code(), Some(3));
-        // stderr forwarding races the exit; give it a moment.
-        for _ in 0..50 {
-            if child.stderr_tail().contains("boom") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // What it said last (a monitor's exit reason) is forwarded by the time stop returns.
+        let tail = child.stderr_tail();
+        assert!(
+            tail.contains("boom") && tail.ends_with("last words"),
+            "{tail:?}"
+        );
+    }
+
+    /// A descendant that keeps the output pipe open does not hold `stop` for long.
+    #[tokio::test]
+    async fn stop_does_not_wait_for_an_inheritor_of_the_pipes() {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 60 & echo $! >&2; exit 0"]);
+        let child = Supervised::spawn("test", cmd, Stdout::Log, Vec::new(), &log).unwrap();
+        let started = Instant::now();
+        let status = child.stop(Duration::from_secs(5)).await;
+        let took = started.elapsed();
+        if let Ok(pid) = child.stderr_tail().trim().parse::<i32>() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
-        assert!(child.stderr_tail().contains("boom"));
+        assert!(status.success());
+        assert!(took < Duration::from_secs(30), "stop took {took:?}");
     }
 
     /// Descriptors arrive from fd 3 on, in order, whatever numbers they had; nothing else
