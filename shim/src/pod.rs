@@ -164,7 +164,12 @@ impl Pod {
         let (mut net, mut interfaces) = (Vec::new(), Vec::new());
         if let Some(netns) = netns {
             let network = PodNetwork::attach(netns, log).await?;
-            net = net_specs(&network)?;
+            net = network.vm_devices().map_err(|source| {
+                PodError::Vmm(husk_hypervisor::VmmError::Spawn {
+                    what: "the VM's network (duplicating a tap)",
+                    source,
+                })
+            })?;
             interfaces = network.interfaces().map(|i| i.to_agent()).collect();
             *host.network.lock().await = Some(network);
         }
@@ -342,7 +347,7 @@ pub fn vm_spec(
 }
 
 /// The pod-wide guest set-up: the sandbox, then its network (if it has one).
-async fn set_up_guest(
+pub async fn set_up_guest(
     agent: &AgentClient,
     id: &str,
     hostname: &str,
@@ -353,25 +358,4 @@ async fn set_up_guest(
         agent.configure_network(interfaces).await?;
     }
     Ok(())
-}
-
-/// The VM's network devices: one per pod interface, with its tap and MAC.
-fn net_specs(network: &PodNetwork) -> Result<Vec<NetSpec>, PodError> {
-    network
-        .interfaces()
-        .zip(network.taps())
-        .map(|(interface, tap)| {
-            let tap = tap.try_clone().map_err(|source| {
-                PodError::Vmm(husk_hypervisor::VmmError::Spawn {
-                    what: "the VM's network (duplicating a tap)",
-                    source,
-                })
-            })?;
-            Ok(NetSpec {
-                name: interface.name.clone(),
-                mac: interface.mac,
-                tap: std::sync::Arc::new(tap),
-            })
-        })
-        .collect()
 }

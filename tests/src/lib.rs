@@ -27,6 +27,14 @@ pub mod kernel_release;
 pub mod leaks;
 pub mod mounts;
 pub mod nested;
+/// Network benchmark figures and their table rows.
+pub mod net_figures;
+/// Network measurements shared by the benchmark drivers (TCP push, ping summary).
+#[cfg(any(feature = "cri", feature = "nested-pod"))]
+pub mod netperf;
+/// A plain network namespace on a bridge: a host that is no pod.
+#[cfg(any(feature = "cri", feature = "nested-pod"))]
+pub mod plain_ns;
 pub mod procfs;
 pub mod scope;
 pub mod testbed;
@@ -38,5 +46,7 @@ pub use ctr::Ctr;
 pub use husk_config::{Backend, HuskConfig};
 pub use image::{BusyboxImage, IMAGE_REF};
 pub use leaks::{LeakReport, LeakScope};
+#[cfg(any(feature = "cri", feature = "nested-pod"))]
+pub use plain_ns::PlainNs;
 pub use scope::TestScope;
 pub use testbed::{Runtime, TEST_NAMESPACE, TestBed, TestBedError};

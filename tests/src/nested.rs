@@ -45,6 +45,7 @@ use crate::cmd::{Cmd, CmdError};
 pub mod compare;
 mod direct;
 mod init;
+pub mod network;
 pub mod smaps;
 
 /// `outer` or `direct` forces how scripts run; unset, `direct` where this host's KVM runs

@@ -1,6 +1,7 @@
 //! A plain network namespace with a veth on a test's bridge: a host on the pod network
 //! that is not a pod, for clients and servers next to husk pods and for the floor of the
-//! network benchmarks. Set up with `ip`; removed (with its veth) on drop.
+//! network benchmarks, and a pod's namespace where no CNI runs (the nested test host). Set
+//! up with `ip`; removed (with its veth) on drop.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -41,6 +42,31 @@ pub fn ip(args: &str) -> Result<()> {
     Ok(())
 }
 
+/// What husk could have left in namespace `name` (under `/run/netns`): links named after
+/// it (its taps) and ingress qdiscs, one per line; empty if nothing.
+pub fn husk_leftovers(name: &str) -> Result<String> {
+    let links = Command::new("ip")
+        .args(["-n", name, "-o", "link"])
+        .output()?;
+    let qdiscs = Command::new("ip")
+        .args(["netns", "exec", name, "tc", "qdisc", "show"])
+        .output()?;
+    ensure!(
+        links.status.success() && qdiscs.status.success(),
+        "listing namespace {name}: {}{}",
+        String::from_utf8_lossy(&links.stderr),
+        String::from_utf8_lossy(&qdiscs.stderr)
+    );
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    let qdiscs = String::from_utf8_lossy(&qdiscs.stdout).into_owned();
+    Ok(links
+        .lines()
+        .chain(qdiscs.lines())
+        .filter(|l| l.contains("husk") || l.contains("ingress"))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
 impl PlainNs {
     /// Creates the namespace with `address` (CIDR) on an `eth0` whose peer joins `bridge`.
     /// `tag` (at most 8 characters are used) tells namespaces of one test apart.
@@ -61,6 +87,22 @@ impl PlainNs {
             ip(&args)?;
         }
         Ok(ns)
+    }
+
+    /// The namespace's path, as CNI would give it to a sandbox.
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Routes everything off the bridge's subnet through `gateway`, as CNI's bridge plugin
+    /// does for a pod.
+    pub fn add_default_route(&self, gateway: &str) -> Result<()> {
+        ip(&format!("-n {} route add default via {gateway}", self.name))
+    }
+
+    /// What husk could have left here: its taps and ingress qdiscs (empty if nothing).
+    pub fn husk_leftovers(&self) -> Result<String> {
+        husk_leftovers(&self.name)
     }
 
     /// Adds IPv6 address `cidr` to `eth0`, usable at once (no duplicate detection).

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, ensure};
 use cri_common::{exec_ok, stop_and_remove_container, stop_and_remove_pod};
 use husk_tests::ContainerdFlavour;
-use husk_tests::cri::plain_ns::ip;
-use husk_tests::cri::{CriWorld, PlainNs};
+use husk_tests::cri::CriWorld;
+use husk_tests::plain_ns::{PlainNs, ip};
 use k8s_cri::v1::{DnsConfig, PortMapping, Protocol};
 
 /// How long httpd may take to answer once its container runs (a TCG guest is slow).

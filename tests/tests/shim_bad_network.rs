@@ -48,20 +48,7 @@ impl Netns {
 
     /// What husk could have left in the namespace: taps and ingress qdiscs.
     fn husk_leftovers(&self) -> Result<String> {
-        let links = Command::new("ip")
-            .args(["-n", &self.0, "-o", "link"])
-            .output()?;
-        let qdiscs = Command::new("ip")
-            .args(["netns", "exec", &self.0, "tc", "qdisc", "show"])
-            .output()?;
-        let links = String::from_utf8_lossy(&links.stdout).into_owned();
-        let qdiscs = String::from_utf8_lossy(&qdiscs.stdout).into_owned();
-        Ok(links
-            .lines()
-            .chain(qdiscs.lines())
-            .filter(|l| l.contains("husk") || l.contains("ingress"))
-            .collect::<Vec<_>>()
-            .join("\n"))
+        husk_tests::plain_ns::husk_leftovers(&self.0)
     }
 }
 

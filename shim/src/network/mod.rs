@@ -24,6 +24,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use husk_hypervisor::NetSpec;
 use slog::{Logger, info, warn};
 
 use config::Interface;
@@ -170,6 +171,21 @@ impl PodNetwork {
     /// The taps' descriptors, for the VMM, in the order of [`Self::interfaces`].
     pub fn taps(&self) -> impl Iterator<Item = &OwnedFd> {
         self.joined.iter().map(|j| &j.tap)
+    }
+
+    /// The VM's network devices: one per interface, with its tap (a duplicate descriptor)
+    /// and MAC, in the order of [`Self::interfaces`].
+    pub fn vm_devices(&self) -> std::io::Result<Vec<NetSpec>> {
+        self.joined
+            .iter()
+            .map(|j| {
+                Ok(NetSpec {
+                    name: j.interface.name.clone(),
+                    mac: j.interface.mac,
+                    tap: std::sync::Arc::new(j.tap.try_clone()?),
+                })
+            })
+            .collect()
     }
 
     pub fn netns(&self) -> &Path {

@@ -7,7 +7,6 @@
 //! - [`exec_stream`]: the streaming side of `Exec` (WebSocket, `v4.channel.k8s.io`);
 //! - [`port_forward`]: the streaming side of `PortForward` (same protocol, data and error
 //!   channels per port);
-//! - [`plain_ns`]: a plain network namespace on the test's bridge (a host that is no pod);
 //! - [`config`], [`cni`], [`specs`]: containerd's CRI config for 1.6 and 2.x, the test's
 //!   CNI network, and pod/container configs as kubelet sends them.
 
@@ -15,7 +14,6 @@ pub mod client;
 pub mod cni;
 pub mod config;
 pub mod exec_stream;
-pub mod plain_ns;
 pub mod port_forward;
 pub mod specs;
 pub mod world;
@@ -23,6 +21,5 @@ pub mod world;
 pub use client::{CriClient, CriError, CriResult};
 pub use config::HANDLER;
 pub use exec_stream::{ExecOutcome, ExecStream};
-pub use plain_ns::PlainNs;
 pub use port_forward::PortForwardStream;
 pub use world::{CRI_NAMESPACE, CriWorld};

@@ -27,8 +27,8 @@ pub const METRICS: [&str; 8] = [
 ];
 
 /// husk-vmm's log lines for its syscall filter and for a VM the guest itself reset.
-const SECCOMP_LINE: &str = "syscall filters installed";
-const CLEAN_STOP_LINE: &str = "VM stopped, status: 0, reason: guest reset the machine";
+pub(crate) const SECCOMP_LINE: &str = "syscall filters installed";
+pub(crate) const CLEAN_STOP_LINE: &str = "VM stopped, status: 0, reason: guest reset the machine";
 
 /// How long the whole nested run may take (outer boot plus every pod).
 const RUN_TIMEOUT: Duration = Duration::from_secs(400);
@@ -39,7 +39,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for backend in qemu builtin; do
         echo "== round $round, backend $backend" >&2
         "$NESTED_POD" --config "$HUSK_NESTED_SCRATCH/config.toml" --backend "$backend" \
-            --vmm "$VMM" --state-dir /run/husk-nested --busybox /bin/busybox \
+            --vmm "$VMM" --state-dir /run/husk-nested \
             --id "pod-$backend-$round" || echo "FAILED backend=$backend exit=$?"
     done
 done
@@ -73,6 +73,8 @@ pub enum CompareError {
         want: usize,
         output: String,
     },
+    #[error("the pod network under nested KVM: {what}: {output}")]
+    Network { what: String, output: String },
     #[error("the boot-timer device reported {got} of {want} built-in boots: {output}")]
     BootTimer {
         got: usize,
@@ -102,23 +104,8 @@ pub fn run(
     driver: &Path,
     rounds: usize,
 ) -> Result<Comparison, CompareError> {
-    for f in [
-        artifacts.kernel(),
-        artifacts.initrd(),
-        artifacts.virtiofsd(),
-        artifacts.dir().join(VMM_BINARY),
-        driver.to_path_buf(),
-    ] {
-        if !f.is_file() {
-            return Err(CompareError::MissingArtifact(f));
-        }
-    }
     let vmm = artifacts.dir().join(VMM_BINARY);
-    write_config(artifacts, &scratch.join("config.toml")).map_err(CompareError::Config)?;
-    let outer = NestedHost::new(artifacts, scratch)?
-        .env(ARTIFACTS_ENV, &artifacts.dir().display().to_string())
-        .env("NESTED_POD", &driver.display().to_string())
-        .env("VMM", &vmm.display().to_string())
+    let outer = driver_host(artifacts, scratch, driver)?
         .env("ROUNDS", &rounds.to_string())
         .run(SCRIPT, RUN_TIMEOUT)?;
     let stdout = outer.stdout_text();
@@ -201,6 +188,33 @@ impl Comparison {
     }
 }
 
+/// A nested host set up for the `nested_pod` driver at `driver`: the artifacts checked,
+/// the pods' husk config written to `scratch`, and the script's environment
+/// (`HUSK_ARTIFACTS`, `NESTED_POD`, `VMM`).
+pub(crate) fn driver_host(
+    artifacts: &Artifacts,
+    scratch: &Path,
+    driver: &Path,
+) -> Result<NestedHost, CompareError> {
+    let vmm = artifacts.dir().join(VMM_BINARY);
+    for f in [
+        artifacts.kernel(),
+        artifacts.initrd(),
+        artifacts.virtiofsd(),
+        vmm.clone(),
+        driver.to_path_buf(),
+    ] {
+        if !f.is_file() {
+            return Err(CompareError::MissingArtifact(f));
+        }
+    }
+    write_config(artifacts, &scratch.join("config.toml")).map_err(CompareError::Config)?;
+    Ok(NestedHost::new(artifacts, scratch)?
+        .env(ARTIFACTS_ENV, &artifacts.dir().display().to_string())
+        .env("NESTED_POD", &driver.display().to_string())
+        .env("VMM", &vmm.display().to_string()))
+}
+
 /// A husk config for the pods: the artifacts, generous timeouts (double emulation).
 fn write_config(artifacts: &Artifacts, path: &Path) -> std::io::Result<()> {
     std::fs::write(
@@ -216,13 +230,13 @@ fn write_config(artifacts: &Artifacts, path: &Path) -> std::io::Result<()> {
 }
 
 /// The value of `key=` in a `RESULT` line.
-fn value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&format!(" {key}="))? + key.len() + 2;
     line[start..].split_whitespace().next()
 }
 
 /// The `RESULT` lines of the pods that asked for `backend`.
-fn results(stdout: &str, backend: &str) -> Vec<String> {
+pub(crate) fn results(stdout: &str, backend: &str) -> Vec<String> {
     stdout
         .lines()
         .filter(|l| l.starts_with("RESULT ") && value(l, "requested") == Some(backend))

@@ -9,8 +9,16 @@
 //!
 //! ```text
 //! nested_pod --config <husk config.toml> --backend <auto|qemu|builtin|…> \
-//!            --state-dir <dir> --busybox <static busybox> [--vmm <husk-vmm>] [--id <pod id>]
+//!            --state-dir <dir> [--vmm <husk-vmm>] [--id <pod id>] [--net none|http|bench]
 //! ```
+//!
+//! The containers' rootfs holds the machine's static `/bin/busybox`.
+//!
+//! `--net http` gives the pod a network as CNI would (a namespace with a veth on a bridge,
+//! [`net`]): the VM takes it over, busybox `httpd` in a second container must answer at
+//! the pod's address from the host, and nothing of husk's may remain in the namespace
+//! afterwards. `--net bench` measures TCP throughput and ping round-trip time host → pod
+//! and pod → pod, next to a plain namespace on the same bridge (`NETPATH` lines).
 //!
 //! Without `--vmm`, the built-in backend looks `husk-vmm` up the way the shim does (beside
 //! the running executable, then on `PATH`).
@@ -18,8 +26,10 @@
 //! Output: progress on stderr; on success one line on stdout,
 //! `RESULT backend=<vmm name> boot_to_agent_ms=… …` (see [`report::Report`]).
 
+mod net;
 mod pod;
 mod report;
+mod single;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,16 +41,27 @@ struct Args {
     config: PathBuf,
     backend: String,
     state_dir: PathBuf,
-    busybox: PathBuf,
     vmm: Option<String>,
     id: String,
+    net: NetMode,
+}
+
+/// What the pod's network is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NetMode {
+    /// No network device.
+    None,
+    /// HTTP to the pod's address.
+    Http,
+    /// Throughput and round-trip time.
+    Bench,
 }
 
 fn parse_args() -> Result<Args> {
     let mut config = None;
     let mut backend = None;
     let mut state_dir = None;
-    let mut busybox = None;
+    let mut net = NetMode::None;
     let mut vmm = None;
     let mut id = String::from("nested-pod");
     let mut it = std::env::args().skip(1);
@@ -50,7 +71,14 @@ fn parse_args() -> Result<Args> {
             "--config" => config = Some(PathBuf::from(value()?)),
             "--backend" => backend = Some(value()?),
             "--state-dir" => state_dir = Some(PathBuf::from(value()?)),
-            "--busybox" => busybox = Some(PathBuf::from(value()?)),
+            "--net" => {
+                net = match value()?.as_str() {
+                    "none" => NetMode::None,
+                    "http" => NetMode::Http,
+                    "bench" => NetMode::Bench,
+                    other => bail!("--net {other:?}: expected none, http or bench"),
+                }
+            }
             "--vmm" => vmm = Some(value()?),
             "--id" => id = value()?,
             other => bail!("unknown argument {other:?}"),
@@ -60,9 +88,9 @@ fn parse_args() -> Result<Args> {
         config: config.context("--config is required")?,
         backend: backend.context("--backend is required")?,
         state_dir: state_dir.context("--state-dir is required")?,
-        busybox: busybox.context("--busybox is required")?,
         vmm,
         id,
+        net,
     })
 }
 
@@ -73,7 +101,13 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("starting the tokio runtime")?
-            .block_on(pod::run(&args))
+            .block_on(async {
+                if args.net == NetMode::Bench {
+                    net::bench(&args).await
+                } else {
+                    single::run(&args).await.map(|r| r.to_string())
+                }
+            })
     });
     match result {
         Ok(report) => {

@@ -1,218 +1,390 @@
-//! The pod run: select the backend, launch the VM, wait for the agent, run one container,
-//! tear everything down (also on failure).
+//! One pod VM booted the way the shim boots it — backend selection, the pod directory, the
+//! pod network (if it has a namespace), the VM spec, the agent, the guest set-up — and the
+//! containers the driver runs in it; torn down by [`Pod::shutdown`], also on failure.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result};
 use husk_hypervisor::builtin::VMM_BINARY;
-use husk_hypervisor::{BackendChoice, HostProbe, VmHandle, VmSpec};
+use husk_hypervisor::{BackendChoice, HostProbe, VmHandle, Vmm};
 use husk_protocol::agent::Stdio;
 use husk_protocol::io_stream::{StreamHeader, StreamKind};
 use husk_shim::agent::{Agent, AgentClient};
 use husk_shim::config::Config;
 use husk_shim::container_files::RootfsSource;
-use husk_shim::pod::SHARED_FS_TAG;
+use husk_shim::network::PodNetwork;
 use husk_shim::pod_dir::PodDir;
 use husk_shim::sizing::pod_size;
-use husk_tests::nested::smaps;
-use oci_spec::runtime::{ProcessBuilder, RootBuilder, Spec};
+use husk_tests::nested::smaps::{self, Memory};
+use oci_spec::runtime::{
+    Capability, LinuxCapabilitiesBuilder, LinuxNamespaceType, Process, ProcessBuilder, RootBuilder,
+    Spec,
+};
 use slog::Logger;
 use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, timeout};
 
 use crate::Args;
-use crate::report::Report;
 
-/// What the container prints.
-const GREETING: &str = "hello from a nested husk pod";
-const CONTAINER_ID: &str = "c1";
-/// Bound on the container's whole life (create, output, exit).
-const CONTAINER_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the guest gets to power off before the monitor is killed.
 const POWEROFF_GRACE: Duration = Duration::from_secs(5);
+/// busybox applets the containers call by name (linked to `/bin/busybox` in each rootfs).
+const APPLETS: [&str; 10] = [
+    "sh", "echo", "mkdir", "httpd", "nc", "wc", "dd", "ping", "sleep", "true",
+];
+/// The pods' hostname.
+const HOSTNAME: &str = "nested";
 
-pub async fn run(args: &Args) -> Result<Report> {
-    let mut config = Config::load(&args.config)?;
-    config.hypervisor.backend =
-        serde_json::from_value::<BackendChoice>(serde_json::Value::String(args.backend.clone()))
-            .with_context(|| {
-                format!(
-                    "hypervisor.backend = {:?} is not a backend this husk knows",
-                    args.backend
-                )
-            })?;
-    let log = husk_shim::logger::stderr_logger(false);
-    let selection = husk_hypervisor::select::select_with(
-        config.hypervisor.backend,
-        &config.hypervisor.qemu_path,
-        args.vmm.as_deref().unwrap_or(VMM_BINARY),
-        config.hypervisor.software_emulation(),
-        &HostProbe::default(),
-    )?;
-    let backend = selection.vmm.name();
-    eprintln!("nested_pod: backend {backend}: {}", selection.reason);
-    let dir = PodDir::new(&args.state_dir, &args.id);
-    dir.create()?;
-    let started = Instant::now();
-    let vm = match selection
-        .vmm
-        .launch(&vm_spec(args, &dir, &config), &log)
-        .await
-    {
-        Ok(vm) => vm,
-        Err(e) => {
-            let _ = dir.destroy();
-            return Err(e).context(format!("launching the VM with {backend}"));
-        }
-    };
-    let launch = started.elapsed();
-    let result = drive(args, &config, &dir, vm.as_ref(), started, &log).await;
-    vm.stop(POWEROFF_GRACE).await;
-    let destroyed = dir.destroy();
-    let mut report = result.map_err(|e| {
-        let diag = vm.diagnostics();
-        e.context(format!("{backend}: VMM output: {diag}"))
-    })?;
-    destroyed.context("removing the pod directory")?;
-    report.requested = args.backend.clone();
-    report.backend = backend;
-    report.reason = selection.reason;
-    report.launch = launch;
-    Ok(report)
+/// The configured backend, selected once per run as the shim selects it.
+pub struct Backend {
+    pub config: Config,
+    vmm: Box<dyn Vmm>,
+    /// The backend's own name (`qemu-kvm`, `builtin`, …).
+    pub name: String,
+    /// Why the selection picked it.
+    pub reason: String,
+    pub log: Logger,
 }
 
-/// The shim's VM description with the configured default size (no CRI annotations).
-fn vm_spec(args: &Args, dir: &PodDir, config: &Config) -> VmSpec {
-    let host_cpus = std::thread::available_parallelism()
-        .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
-    let size = pod_size(&HashMap::new(), &config.hypervisor, host_cpus);
-    husk_shim::pod::vm_spec(&args.id, dir, config, &size, Vec::new())
-}
-
-/// Everything after the launch; the caller stops the VM whatever happens here.
-async fn drive(
-    args: &Args,
-    config: &Config,
-    dir: &PodDir,
-    vm: &dyn VmHandle,
-    started: Instant,
-    log: &Logger,
-) -> Result<Report> {
-    let deadline = Instant::now() + config.connect_timeout();
-    let (agent, check) = AgentClient::connect(
-        &dir.vsock_uds(),
-        deadline,
-        vm.exited(),
-        config.rpc_timeout(),
-    )
-    .await
-    .context("waiting for the guest agent")?;
-    let agent_ready = started.elapsed();
-    slog::info!(log, "agent ready"; "after_ms" => agent_ready.as_millis());
-    let guest_kib = u64::from(config.hypervisor.memory_mib) * 1024;
-    let vmm = smaps::of_process(vm.pid(), guest_kib)?;
-    let helpers = vm
-        .processes()
-        .into_iter()
-        .filter(|(_, pid)| *pid != vm.pid())
-        .map(|(role, pid)| format!("{role}:{pid}:{}", smaps::pss_of(pid)))
-        .collect();
-    agent
-        .create_sandbox(&args.id, "nested", SHARED_FS_TAG)
-        .await
-        .context("CreateSandbox")?;
-    let (exit_status, output) =
-        timeout(CONTAINER_TIMEOUT, run_container(&agent, dir, &args.busybox))
-            .await
-            .with_context(|| {
-                format!("the container did not finish within {CONTAINER_TIMEOUT:?}")
-            })??;
-    let output_done = started.elapsed();
-    if let Err(e) = agent.destroy_sandbox().await {
-        slog::warn!(log, "DestroySandbox failed"; "error" => %e);
-    }
-    Ok(Report {
-        requested: String::new(),
-        backend: String::new(),
-        reason: String::new(),
-        launch: Duration::ZERO,
-        agent_ready,
-        guest_uptime_at_agent_ms: check.boot_to_agent_ms,
-        output_done,
-        output,
-        exit_status,
-        vmm,
-        helpers,
-    })
-}
-
-/// A busybox rootfs in the pod share, `busybox echo` in it; returns exit status and stdout.
-async fn run_container(agent: &dyn Agent, dir: &PodDir, busybox: &Path) -> Result<(i32, String)> {
-    // Like a bundle's root.path: a directory the shim's own code bind-mounts into the share.
-    let image = dir.root().join("image");
-    let bin = image.join("bin");
-    std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
-    std::fs::copy(busybox, bin.join("busybox"))
-        .with_context(|| format!("copying {} into the rootfs", busybox.display()))?;
-    husk_shim::container_files::prepare(dir, CONTAINER_ID, &RootfsSource::Bind(image), &[])
-        .context("mounting the rootfs into the pod share")?;
-    let (json, binds) = husk_shim::guest_spec::for_guest(container_spec()?, CONTAINER_ID, None)?;
-    ensure!(binds.is_empty(), "the test spec has no bind mounts");
-    let mut stdout = agent
-        .open_stream(&StreamHeader {
-            kind: StreamKind::Stdout,
-            container_id: CONTAINER_ID.into(),
-            exec_id: String::new(),
+impl Backend {
+    pub fn select(args: &Args) -> Result<Self> {
+        let mut config = Config::load(&args.config)?;
+        config.hypervisor.backend = serde_json::from_value::<BackendChoice>(
+            serde_json::Value::String(args.backend.clone()),
+        )
+        .with_context(|| {
+            format!(
+                "hypervisor.backend = {:?} is not a backend this husk knows",
+                args.backend
+            )
+        })?;
+        let selection = husk_hypervisor::select::select_with(
+            config.hypervisor.backend,
+            &config.hypervisor.qemu_path,
+            args.vmm.as_deref().unwrap_or(VMM_BINARY),
+            config.hypervisor.software_emulation(),
+            &HostProbe::default(),
+        )?;
+        let name = selection.vmm.name();
+        eprintln!("nested_pod: backend {name}: {}", selection.reason);
+        Ok(Self {
+            config,
+            vmm: selection.vmm,
+            name,
+            reason: selection.reason,
+            log: husk_shim::logger::stderr_logger(false),
         })
-        .await?;
-    let mut stdio = Stdio::new();
-    stdio.stdout = true;
-    agent
-        .create_container(CONTAINER_ID, json, stdio)
-        .await
-        .context("CreateContainer")?;
-    agent
-        .start_container(CONTAINER_ID)
-        .await
-        .context("StartContainer")?;
-    let mut out = Vec::new();
-    stdout
-        .read_to_end(&mut out)
-        .await
-        .context("reading the container's stdout")?;
-    let status = agent
-        .wait_process(CONTAINER_ID, "")
-        .await
-        .context("WaitProcess")?;
-    agent
-        .remove_container(CONTAINER_ID)
-        .await
-        .context("RemoveContainer")?;
-    let output = String::from_utf8_lossy(&out).into_owned();
-    if output.trim() != GREETING {
-        bail!("the container printed {output:?} (exit status {status}), expected {GREETING:?}");
     }
-    Ok((status, output))
 }
 
-/// The runtime-spec defaults (namespaces, mounts, capabilities as runc would get them)
-/// with a writable busybox root.
-fn container_spec() -> Result<Spec> {
+/// A running pod VM whose agent answered.
+pub struct Pod {
+    dir: PodDir,
+    vm: Box<dyn VmHandle>,
+    agent: AgentClient,
+    network: Option<PodNetwork>,
+    /// When the launch began.
+    pub started: Instant,
+    /// `Vmm::launch` returned (from [`Self::started`]).
+    pub launch: Duration,
+    /// The agent answered its first health check (from [`Self::started`]).
+    pub agent_ready: Duration,
+    /// The guest's uptime when the agent started, as the agent reports it.
+    pub guest_uptime_at_agent_ms: u64,
+    log: Logger,
+}
+
+impl Pod {
+    /// Boots pod `id` under `state_dir`; with `netns`, the VM takes over the interfaces in
+    /// that network namespace as the shim's does for a CRI pod.
+    pub async fn boot(
+        b: &Backend,
+        state_dir: &Path,
+        id: &str,
+        netns: Option<&Path>,
+    ) -> Result<Self> {
+        let dir = PodDir::new(state_dir, id);
+        dir.create()?;
+        let network = match netns {
+            Some(netns) => match PodNetwork::attach(netns, &b.log).await {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    let _ = dir.destroy();
+                    return Err(e).context("attaching the pod network");
+                }
+            },
+            None => None,
+        };
+        let started = Instant::now();
+        let launched = async {
+            let net = match &network {
+                Some(n) => n.vm_devices().context("duplicating the taps")?,
+                None => Vec::new(),
+            };
+            let host_cpus = std::thread::available_parallelism()
+                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+            let size = pod_size(&HashMap::new(), &b.config.hypervisor, host_cpus);
+            let spec = husk_shim::pod::vm_spec(id, &dir, &b.config, &size, net);
+            b.vmm
+                .launch(&spec, &b.log)
+                .await
+                .with_context(|| format!("launching the VM with {}", b.name))
+        }
+        .await;
+        let vm = match launched {
+            Ok(vm) => vm,
+            Err(e) => {
+                if let Some(n) = network {
+                    n.detach().await;
+                }
+                let _ = dir.destroy();
+                return Err(e);
+            }
+        };
+        let launch = started.elapsed();
+        let connected = async {
+            let deadline = Instant::now() + b.config.connect_timeout();
+            let (agent, check) = AgentClient::connect(
+                &dir.vsock_uds(),
+                deadline,
+                vm.exited(),
+                b.config.rpc_timeout(),
+            )
+            .await
+            .context("waiting for the guest agent")?;
+            let agent_ready = started.elapsed();
+            let interfaces = network
+                .iter()
+                .flat_map(PodNetwork::interfaces)
+                .map(|i| i.to_agent())
+                .collect();
+            husk_shim::pod::set_up_guest(&agent, id, HOSTNAME, interfaces)
+                .await
+                .context("setting up the guest (CreateSandbox, ConfigureNetwork)")?;
+            anyhow::Ok((agent, check, agent_ready))
+        }
+        .await;
+        match connected {
+            Ok((agent, check, agent_ready)) => {
+                slog::info!(b.log, "agent ready"; "after_ms" => agent_ready.as_millis());
+                Ok(Self {
+                    dir,
+                    vm,
+                    agent,
+                    network,
+                    started,
+                    launch,
+                    agent_ready,
+                    guest_uptime_at_agent_ms: check.boot_to_agent_ms,
+                    log: b.log.clone(),
+                })
+            }
+            Err(e) => {
+                let e = e.context(format!("VMM output: {}", vm.diagnostics()));
+                vm.stop(Duration::ZERO).await;
+                if let Some(n) = network {
+                    n.detach().await;
+                }
+                let _ = dir.destroy();
+                Err(e)
+            }
+        }
+    }
+
+    /// The monitor's memory (guest RAM of `guest_kib` told apart) and the other host
+    /// processes of the VM as `role:pid:pss_kib`.
+    pub fn memory(&self, guest_kib: u64) -> Result<(Memory, Vec<String>)> {
+        let vmm = smaps::of_process(self.vm.pid(), guest_kib)?;
+        let helpers = self
+            .vm
+            .processes()
+            .into_iter()
+            .filter(|(_, pid)| *pid != self.vm.pid())
+            .map(|(role, pid)| format!("{role}:{pid}:{}", smaps::pss_of(pid)))
+            .collect();
+        Ok((vmm, helpers))
+    }
+
+    /// What the monitor said, for error messages.
+    pub fn diagnostics(&self) -> String {
+        self.vm.diagnostics()
+    }
+
+    /// Creates container `cid` running `argv` in a busybox rootfs of the pod share; with
+    /// `stdout`, returns the stream of its output.
+    async fn create(
+        &self,
+        cid: &str,
+        argv: &[&str],
+        stdout: bool,
+    ) -> Result<Option<tokio::net::UnixStream>> {
+        // Like a bundle's root.path: a directory the shim's own code bind-mounts into the share.
+        let image = self.dir.root().join(format!("image-{cid}"));
+        let bin = image.join("bin");
+        std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+        std::fs::copy("/bin/busybox", bin.join("busybox"))
+            .context("copying /bin/busybox into the rootfs")?;
+        for applet in APPLETS {
+            std::os::unix::fs::symlink("busybox", bin.join(applet))
+                .with_context(|| format!("linking {applet} to busybox"))?;
+        }
+        husk_shim::container_files::prepare(&self.dir, cid, &RootfsSource::Bind(image), &[])
+            .context("mounting the rootfs into the pod share")?;
+        let (json, _) = husk_shim::guest_spec::for_guest(container_spec(argv)?, cid, None)?;
+        let stream = if stdout {
+            Some(self.open_stdout(cid, "").await?)
+        } else {
+            None
+        };
+        let mut stdio = Stdio::new();
+        stdio.stdout = stdout;
+        self.agent
+            .create_container(cid, json, stdio)
+            .await
+            .context("CreateContainer")?;
+        self.agent
+            .start_container(cid)
+            .await
+            .context("StartContainer")?;
+        Ok(stream)
+    }
+
+    async fn open_stdout(&self, cid: &str, exec_id: &str) -> Result<tokio::net::UnixStream> {
+        Ok(self
+            .agent
+            .open_stream(&StreamHeader {
+                kind: StreamKind::Stdout,
+                container_id: cid.into(),
+                exec_id: exec_id.into(),
+            })
+            .await?)
+    }
+
+    /// Runs container `cid` to its end within `within`; its exit status and stdout.
+    pub async fn run_container(
+        &self,
+        cid: &str,
+        argv: &[&str],
+        within: Duration,
+    ) -> Result<(i32, String)> {
+        let stream = self.create(cid, argv, true).await?;
+        let result = self.collect(stream, cid, "", within).await;
+        self.agent
+            .remove_container(cid)
+            .await
+            .context("RemoveContainer")?;
+        result
+    }
+
+    /// Starts container `cid` running `argv` in the background (it goes with the pod).
+    pub async fn start_container(&self, cid: &str, argv: &[&str]) -> Result<()> {
+        self.create(cid, argv, false).await.map(drop)
+    }
+
+    /// Runs `argv` in running container `cid` to its end within `within`; exit status and
+    /// stdout.
+    pub async fn exec(
+        &self,
+        cid: &str,
+        exec_id: &str,
+        argv: &[&str],
+        within: Duration,
+    ) -> Result<(i32, String)> {
+        let stream = self.open_stdout(cid, exec_id).await?;
+        let mut stdio = Stdio::new();
+        stdio.stdout = true;
+        let process = serde_json::to_vec(&process(argv)?)?;
+        self.agent
+            .exec_process(cid, exec_id, process, stdio)
+            .await
+            .with_context(|| format!("ExecProcess {argv:?}"))?;
+        self.collect(Some(stream), cid, exec_id, within).await
+    }
+
+    async fn collect(
+        &self,
+        stream: Option<tokio::net::UnixStream>,
+        cid: &str,
+        exec_id: &str,
+        within: Duration,
+    ) -> Result<(i32, String)> {
+        let finished = timeout(within, async {
+            let mut out = Vec::new();
+            if let Some(mut s) = stream {
+                s.read_to_end(&mut out).await.context("reading stdout")?;
+            }
+            let status = self
+                .agent
+                .wait_process(cid, exec_id)
+                .await
+                .context("WaitProcess")?;
+            anyhow::Ok((status, String::from_utf8_lossy(&out).into_owned()))
+        })
+        .await;
+        finished.with_context(|| format!("{cid}/{exec_id} did not finish within {within:?}"))?
+    }
+
+    /// Powers the guest off, stops the monitor, takes the network back, removes the pod
+    /// directory.
+    pub async fn shutdown(self) -> Result<()> {
+        if let Err(e) = self.agent.destroy_sandbox().await {
+            slog::warn!(self.log, "DestroySandbox failed"; "error" => %e);
+        }
+        self.vm.stop(POWEROFF_GRACE).await;
+        if let Some(exit) = self.vm.exited().borrow().as_ref() {
+            slog::info!(self.log, "VM ended"; "how" => &exit.description, "requested" => exit.requested);
+        }
+        if let Some(n) = self.network {
+            n.detach().await;
+        }
+        self.dir.destroy().context("removing the pod directory")
+    }
+}
+
+fn process(argv: &[&str]) -> Result<Process> {
+    // The runtime spec's default set, plus NET_RAW for ping (as Docker's default set has).
+    let caps: std::collections::HashSet<Capability> = [
+        Capability::AuditWrite,
+        Capability::Kill,
+        Capability::NetBindService,
+        Capability::NetRaw,
+    ]
+    .into();
+    Ok(ProcessBuilder::default()
+        .args(argv.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>())
+        .cwd("/")
+        .env(vec!["PATH=/bin".to_owned()])
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .build()?,
+        )
+        .build()?)
+}
+
+/// The runtime-spec defaults (namespaces, mounts as runc would get them) with a writable
+/// busybox root running `argv`, in the pod's network.
+fn container_spec(argv: &[&str]) -> Result<Spec> {
     let mut spec = Spec::default();
-    spec.set_hostname(Some("nested".into()));
+    spec.set_hostname(Some(HOSTNAME.into()));
     spec.set_root(Some(
         RootBuilder::default()
             .path("rootfs")
             .readonly(false)
             .build()?,
     ));
-    let process = ProcessBuilder::default()
-        .args(vec!["/bin/busybox".into(), "echo".into(), GREETING.into()])
-        .cwd("/")
-        .env(vec!["PATH=/bin".to_owned()])
-        .build()?;
-    spec.set_process(Some(process));
+    spec.set_process(Some(process(argv)?));
+    // As in a CRI pod, the container joins the pod's network (the VM's), not a new one.
+    if let Some(namespaces) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut())
+    {
+        namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
+    }
     Ok(spec)
 }

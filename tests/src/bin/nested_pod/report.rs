@@ -29,6 +29,8 @@ pub struct Report {
     pub vmm: Memory,
     /// The other host processes of the VM (`role:pid:pss_kib`).
     pub helpers: Vec<String>,
+    /// Further `key=value` fields (the network checks).
+    pub extra: Vec<String>,
 }
 
 fn ms(d: Duration) -> u128 {
@@ -40,7 +42,7 @@ impl fmt::Display for Report {
         write!(
             f,
             "RESULT requested={} backend={} launch_ms={} boot_to_agent_ms={} guest_uptime_at_agent_ms={} \
-             to_container_output_ms={} exit_status={} output={:?} {} helpers={}",
+             to_container_output_ms={} exit_status={} output={:?} {} helpers={}{}",
             self.requested,
             self.backend,
             ms(self.launch),
@@ -55,6 +57,10 @@ impl fmt::Display for Report {
             } else {
                 self.helpers.join(",")
             },
+            self.extra
+                .iter()
+                .map(|e| format!(" {e}"))
+                .collect::<String>(),
         )?;
         write!(f, "\nREASON {}", self.reason)
     }

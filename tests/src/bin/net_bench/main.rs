@@ -13,9 +13,10 @@ mod plain;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
-use husk_tests::ContainerdFlavour;
-use husk_tests::cri::{CriClient, CriWorld, PlainNs};
+use anyhow::{Context, Result, bail, ensure};
+use husk_tests::cri::{CriClient, CriWorld};
+use husk_tests::netperf::{PathFigures, TABLE_HEADER, parse_ping, ping_args};
+use husk_tests::{ContainerdFlavour, PlainNs};
 
 /// Bytes sent per throughput run.
 const PAYLOAD_MIB: u64 = 64;
@@ -51,21 +52,6 @@ fn sink(busybox: &str, counts: &str) -> Vec<String> {
 }
 /// Where the pod's sink counts.
 const POD_COUNTS: &str = "/tmp/sunk";
-
-/// One path's figures.
-struct PathFigures {
-    what: &'static str,
-    mib_per_s: Vec<f64>,
-    ping: Ping,
-}
-
-/// busybox ping's summary, in ms.
-#[derive(Default)]
-struct Ping {
-    min: f64,
-    avg: f64,
-    max: f64,
-}
 
 fn main() -> Result<()> {
     let w = CriWorld::start("bench-net", ContainerdFlavour::System)?;
@@ -114,11 +100,10 @@ fn measure(w: &CriWorld) -> Result<Vec<PathFigures>> {
         Ok(out.lines().map(str::to_owned).collect())
     };
 
-    let pings = PINGS.to_string();
-    let ping = |to: &str| ["ping", "-q", "-c", pings.as_str(), "-i", "0.2", to].map(str::to_owned);
+    let ping = |to: &str| ping_args(to, PINGS);
     let figures = vec![
         PathFigures {
-            what: "floor: plain namespace → plain namespace",
+            what: "floor: plain namespace → plain namespace".into(),
             mib_per_s: runs(|| {
                 counted(&floor_lines, || {
                     plain::push(&host, &floor_ip, SINK_PORT, PAYLOAD_MIB)
@@ -127,7 +112,7 @@ fn measure(w: &CriWorld) -> Result<Vec<PathFigures>> {
             ping: parse_ping(&host.busybox(&ping(&floor_ip))?)?,
         },
         PathFigures {
-            what: "host (plain namespace) → husk pod",
+            what: "host (plain namespace) → husk pod".into(),
             mib_per_s: runs(|| {
                 counted(&pod_lines, || {
                     plain::push(&host, &server_ip, SINK_PORT, PAYLOAD_MIB)
@@ -136,7 +121,7 @@ fn measure(w: &CriWorld) -> Result<Vec<PathFigures>> {
             ping: parse_ping(&host.busybox(&ping(&server_ip))?)?,
         },
         PathFigures {
-            what: "husk pod → husk pod",
+            what: "husk pod → husk pod".into(),
             mib_per_s: runs(|| counted(&pod_lines, || pod_push(c, &client, &server_ip)))?,
             ping: parse_ping(&exec(c, &client, &ping(&server_ip))?)?,
         },
@@ -229,43 +214,11 @@ fn pod_ip(c: &CriClient, pod: &str) -> Result<String> {
         .context("PodSandboxStatus without a network")
 }
 
-/// `round-trip min/avg/max = 0.1/0.2/0.3 ms` → its three figures.
-fn parse_ping(output: &str) -> Result<Ping> {
-    let line = output
-        .lines()
-        .find(|l| l.contains("min/avg/max"))
-        .ok_or_else(|| anyhow!("no round-trip summary in ping's output: {output:?}"))?;
-    let numbers: Vec<f64> = line
-        .split('=')
-        .nth(1)
-        .unwrap_or_default()
-        .trim()
-        .trim_end_matches("ms")
-        .split('/')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
-    match numbers[..] {
-        [min, avg, max, ..] => Ok(Ping { min, avg, max }),
-        _ => bail!("unreadable ping summary {line:?}"),
-    }
-}
-
 fn report(figures: &[PathFigures]) -> String {
-    let mut out = String::from(
-        "## Pod network (CRI, bridge CNI, QEMU/TCG)\n\n| path | TCP throughput, median (range) | ping RTT avg (min–max) |\n|---|---|---|\n",
-    );
+    let mut out = format!("## Pod network (CRI, bridge CNI, QEMU/TCG)\n\n{TABLE_HEADER}\n");
     for f in figures {
-        let mut v = f.mib_per_s.clone();
-        v.sort_by(f64::total_cmp);
-        let median = v.get(v.len() / 2).copied().unwrap_or_default();
-        let (min, max) = (
-            v.first().copied().unwrap_or_default(),
-            v.last().copied().unwrap_or_default(),
-        );
-        out.push_str(&format!(
-            "| {} | {median:.1} MiB/s ({min:.1}–{max:.1}) | {:.3} ms ({:.3}–{:.3}) |\n",
-            f.what, f.ping.avg, f.ping.min, f.ping.max
-        ));
+        out.push_str(&f.row());
+        out.push('\n');
     }
     out.push_str(&format!(
         "\nMethod: `net_bench` (run by `cargo xtask bench`): a private containerd 1.6 with CRI and the test's bridge + host-local CNI network; two husk pods, one running a busybox sink on port {SINK_PORT} (`nc -ll -e sh -c 'wc -c >> counts'`: each connection is read to its end and its byte count noted; a run counts only if the whole payload arrived); two plain network namespaces on the same bridge, one running the same sink with the host's busybox. Throughput: {PAYLOAD_MIB} MiB pushed with `nc` (from the host: a Rust client, connect until the sink closes; from a pod: `dd | nc` in an ExecSync, timed on the host minus an ExecSync of `true`), {RUNS} runs. RTT: busybox `ping -c {PINGS} -i 0.2`.\n"
