@@ -26,6 +26,7 @@ pub mod image;
 pub mod kernel_release;
 pub mod leaks;
 pub mod mounts;
+pub mod namespace_cgroups;
 pub mod nested;
 /// Network benchmark figures and their table rows.
 pub mod net_figures;

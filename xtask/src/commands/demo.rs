@@ -40,6 +40,10 @@ pub fn run(ws: &Workspace) -> Result<()> {
         }
     }
     scope.cleanup()?;
+    // `ctr run` put the container under `/husk-demo/<id>`; husk removed `<id>`.
+    for (dir, e) in husk_tests::namespace_cgroups::remove(NAMESPACE) {
+        note(format!("cgroup {} is still in use: {e}", dir.display()));
+    }
     if let Some(tail) = log_tail {
         note(format!("containerd log (end):\n{tail}"));
     }

@@ -163,12 +163,23 @@ fn sweep(run_dir: &Path) -> Result<()> {
     let killed = scope.kill_attributed();
     unmount_under(run_dir)?;
     std::fs::remove_dir_all(run_dir).with_context(|| format!("removing {}", run_dir.display()))?;
-    if killed.is_empty() {
-        note("none");
-        return Ok(());
-    }
     for p in &killed {
         note(format!("killed {p}"));
     }
-    bail!("{} process(es) outlived the tests", killed.len())
+    // The containerd namespaces' parent cgroups (`/<namespace>/<id>` is the default path);
+    // CRI's `k8s.io` may belong to a real node too, so a busy one is no finding there.
+    let stuck = husk_tests::namespace_cgroups::remove(TEST_NAMESPACE);
+    for (dir, e) in &stuck {
+        note(format!("cgroup {} is still in use: {e}", dir.display()));
+    }
+    let _ = husk_tests::namespace_cgroups::remove("k8s.io");
+    if killed.is_empty() && stuck.is_empty() {
+        note("none");
+        return Ok(());
+    }
+    bail!(
+        "{} process(es) and {} namespace cgroup(s) outlived the tests",
+        killed.len(),
+        stuck.len()
+    )
 }
