@@ -238,7 +238,8 @@ async fn pod_to_pod(
     .await;
     let diagnostics = client.diagnostics();
     client.shutdown().await?;
-    measured.map_err(|e| e.context(format!("client pod: VMM output: {diagnostics}")))
+    // The cause first: the bench's table quotes the start of this line.
+    measured.map_err(|e| anyhow::anyhow!("{e:#}; the client pod's VMM said: {diagnostics}"))
 }
 
 /// `dd | nc` in the client pod, timed here (the nested guest's clock is not to be trusted
