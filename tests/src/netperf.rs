@@ -53,6 +53,42 @@ pub fn push(to: SocketAddr, mib: u64) -> Result<Pushed> {
     })
 }
 
+/// A successful `GET /`: the reply, and how long that request took.
+#[derive(Debug)]
+pub struct Fetched {
+    pub reply: String,
+    pub took: Duration,
+}
+
+/// `GET /` (HTTP/1.0) to `address` from the calling thread's network namespace, retried
+/// until an answer that starts `HTTP/1.` comes or `within` has passed.
+pub fn http_get(address: SocketAddr, within: Duration) -> Result<Fetched> {
+    let deadline = Instant::now() + within;
+    loop {
+        let started = Instant::now();
+        let attempt = || -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut reply = Vec::new();
+            s.take(1 << 20).read_to_end(&mut reply)?;
+            Ok(String::from_utf8_lossy(&reply).into_owned())
+        };
+        match attempt() {
+            Ok(reply) if reply.starts_with("HTTP/1.") => {
+                return Ok(Fetched {
+                    reply,
+                    took: started.elapsed(),
+                });
+            }
+            other if Instant::now() > deadline => {
+                bail!("no HTTP answer from {address} within {within:?}: {other:?}");
+            }
+            _ => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
 /// Checks that a `wc -c` sink counted `mib` MiB.
 pub fn check_count(reply: &str, mib: u64) -> Result<()> {
     let got: u64 = reply

@@ -42,51 +42,39 @@ pub fn ip(args: &str) -> Result<()> {
     Ok(())
 }
 
-/// What husk could have left in namespace `name` (under `/run/netns`): links named after
-/// it (its taps) and ingress qdiscs, one per line; empty if nothing.
-pub fn husk_leftovers(name: &str) -> Result<String> {
-    let links = Command::new("ip")
-        .args(["-n", name, "-o", "link"])
-        .output()?;
-    let qdiscs = Command::new("ip")
-        .args(["netns", "exec", name, "tc", "qdisc", "show"])
-        .output()?;
-    ensure!(
-        links.status.success() && qdiscs.status.success(),
-        "listing namespace {name}: {}{}",
-        String::from_utf8_lossy(&links.stderr),
-        String::from_utf8_lossy(&qdiscs.stderr)
-    );
-    let links = String::from_utf8_lossy(&links.stdout).into_owned();
-    let qdiscs = String::from_utf8_lossy(&qdiscs.stdout).into_owned();
-    Ok(links
-        .lines()
-        .chain(qdiscs.lines())
-        .filter(|l| l.contains("husk") || l.contains("ingress"))
-        .collect::<Vec<_>>()
-        .join("\n"))
-}
-
 impl PlainNs {
     /// Creates the namespace with `address` (CIDR) on an `eth0` whose peer joins `bridge`.
     /// `tag` (at most 8 characters are used) tells namespaces of one test apart.
     pub fn attach(bridge: &str, address: &str, tag: &str) -> Result<Self> {
-        let tag = &tag[tag.len().saturating_sub(8)..];
-        let ns = Self {
-            name: format!("husk-pn-{tag}"),
-        };
-        let (n, host_end) = (ns.name.as_str(), format!("pn{tag}"));
+        let ns = Self::empty(tag)?;
+        let host_end = format!("pn{}", &ns.name["husk-pn-".len()..]);
+        ip(&format!(
+            "link add {host_end} type veth peer name eth0 netns {}",
+            ns.name
+        ))?;
+        ip(&format!("link set {host_end} master {bridge} up"))?;
         for args in [
-            format!("netns add {n}"),
-            format!("link add {host_end} type veth peer name eth0 netns {n}"),
-            format!("link set {host_end} master {bridge} up"),
-            format!("-n {n} addr add {address} dev eth0"),
-            format!("-n {n} link set eth0 up"),
-            format!("-n {n} link set lo up"),
+            format!("addr add {address} dev eth0"),
+            "link set eth0 up".to_owned(),
+            "link set lo up".to_owned(),
         ] {
-            ip(&args)?;
+            ns.ip(&args)?;
         }
         Ok(ns)
+    }
+
+    /// Creates the namespace `husk-pn-<tag>` with nothing but its `lo` (down), for a test
+    /// to fill with [`Self::ip`]. `tag`: at most its last 8 characters are used.
+    pub fn empty(tag: &str) -> Result<Self> {
+        let tag = &tag[tag.len().saturating_sub(8)..];
+        let name = format!("husk-pn-{tag}");
+        ip(&format!("netns add {name}"))?;
+        Ok(Self { name })
+    }
+
+    /// Runs `ip` with `args` (split at spaces) inside the namespace.
+    pub fn ip(&self, args: &str) -> Result<()> {
+        ip(&format!("-n {} {args}", self.name))
     }
 
     /// The namespace's path, as CNI would give it to a sandbox.
@@ -97,20 +85,37 @@ impl PlainNs {
     /// Routes everything off the bridge's subnet through `gateway`, as CNI's bridge plugin
     /// does for a pod.
     pub fn add_default_route(&self, gateway: &str) -> Result<()> {
-        ip(&format!("-n {} route add default via {gateway}", self.name))
+        self.ip(&format!("route add default via {gateway}"))
     }
 
     /// What husk could have left here: its taps and ingress qdiscs (empty if nothing).
     pub fn husk_leftovers(&self) -> Result<String> {
-        husk_leftovers(&self.name)
+        let name = self.name.as_str();
+        let links = Command::new("ip")
+            .args(["-n", name, "-o", "link"])
+            .output()?;
+        let qdiscs = Command::new("ip")
+            .args(["netns", "exec", name, "tc", "qdisc", "show"])
+            .output()?;
+        ensure!(
+            links.status.success() && qdiscs.status.success(),
+            "listing namespace {name}: {}{}",
+            String::from_utf8_lossy(&links.stderr),
+            String::from_utf8_lossy(&qdiscs.stderr)
+        );
+        let links = String::from_utf8_lossy(&links.stdout).into_owned();
+        let qdiscs = String::from_utf8_lossy(&qdiscs.stdout).into_owned();
+        Ok(links
+            .lines()
+            .chain(qdiscs.lines())
+            .filter(|l| l.contains("husk") || l.contains("ingress"))
+            .collect::<Vec<_>>()
+            .join("\n"))
     }
 
     /// Adds IPv6 address `cidr` to `eth0`, usable at once (no duplicate detection).
     pub fn add_ipv6(&self, cidr: &str) -> Result<()> {
-        ip(&format!(
-            "-n {} -6 addr add {cidr} dev eth0 nodad",
-            self.name
-        ))
+        self.ip(&format!("-6 addr add {cidr} dev eth0 nodad"))
     }
 
     /// Runs `f` on a thread of its own inside the namespace.

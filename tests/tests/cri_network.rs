@@ -9,13 +9,14 @@
 mod cri_common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use cri_common::{exec_ok, stop_and_remove_container, stop_and_remove_pod};
 use husk_tests::ContainerdFlavour;
 use husk_tests::cri::CriWorld;
+use husk_tests::netperf;
 use husk_tests::plain_ns::{PlainNs, ip};
 use k8s_cri::v1::{DnsConfig, PortMapping, Protocol};
 
@@ -238,24 +239,7 @@ fn cri_pods_reach_each_other_and_the_bridge_containerd_2() -> Result<()> {
 
 /// `GET /` from the calling thread's namespace, retried until `SERVE_WITHIN`.
 fn get_http(address: SocketAddr) -> Result<String> {
-    let deadline = Instant::now() + SERVE_WITHIN;
-    loop {
-        let attempt = || -> std::io::Result<String> {
-            let mut s = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-            let mut reply = String::new();
-            s.take(1 << 20).read_to_string(&mut reply)?;
-            Ok(reply)
-        };
-        match attempt() {
-            Ok(reply) if reply.starts_with("HTTP/1.") => return Ok(reply),
-            other if Instant::now() > deadline => {
-                return Err(anyhow!("no HTTP answer from {address}: {other:?}"));
-            }
-            _ => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
+    netperf::http_get(address, SERVE_WITHIN).map(|f| f.reply)
 }
 
 /// A pod's hostPort mapping (CNI `portmap`) reaches httpd in its VM from the host, at the

@@ -6,57 +6,15 @@
 
 mod shim_common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, ensure};
 use containerd_shim_protos::api::*;
-use husk_tests::{Runtime, TestBed};
+use husk_tests::{PlainNs, Runtime, TestBed};
 use shim_common::*;
 
 /// Far above what refusing takes (milliseconds); a hang fails the test instead of the CI.
 const REFUSED_WITHIN: Duration = Duration::from_secs(60);
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    ensure!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// A namespace made for one case, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String, links: &[&[&str]]) -> Result<Self> {
-        ip(&["netns", "add", &name])?;
-        let ns = Self(name);
-        for link in links {
-            let mut args = vec!["-n", ns.0.as_str()];
-            args.extend_from_slice(link);
-            ip(&args)?;
-        }
-        Ok(ns)
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-
-    /// What husk could have left in the namespace: taps and ingress qdiscs.
-    fn husk_leftovers(&self) -> Result<String> {
-        husk_tests::plain_ns::husk_leftovers(&self.0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 /// Creates pod `case`'s first container with its network namespace at `netns`; the
 /// refusal's message.
@@ -103,6 +61,25 @@ async fn refusal(
     Ok(message)
 }
 
+/// [`refusal`] for namespace `ns`, whose message must say each of `says`; nothing of
+/// husk's may remain in the namespace.
+async fn refused_leaving_nothing(
+    bed: &TestBed,
+    containerd: &FakeContainerd,
+    case: &str,
+    ns: &PlainNs,
+    says: &[&str],
+) -> Result<()> {
+    let message = refusal(bed, containerd, case, &ns.path().display().to_string()).await?;
+    ensure!(
+        says.iter().all(|s| message.contains(s)),
+        "{case}: {message:?} does not say {says:?}"
+    );
+    let left = ns.husk_leftovers()?;
+    ensure!(left.is_empty(), "{case}: left in the namespace: {left}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_pod_networks_are_refused_by_name_and_leave_nothing() -> Result<()> {
     let bed = TestBed::start("shimbadnet", Runtime::Husk)?;
@@ -125,39 +102,32 @@ async fn bad_pod_networks_are_refused_by_name_and_leave_nothing() -> Result<()> 
         "a file that is no namespace: {message:?}"
     );
 
-    let tun = Netns::new(
-        format!("husk-bn-tun-{tag}"),
-        &[
-            &["tuntap", "add", "dev", "tun7", "mode", "tun"],
-            &["link", "set", "tun7", "up"],
-        ],
-    )?;
-    let message = refusal(&bed, &containerd, "tun", &tun.path()).await?;
-    ensure!(
-        message.contains("tun7") && message.contains("cannot be carried"),
-        "a tun interface: {message:?}"
-    );
-    let left = tun.husk_leftovers()?;
-    ensure!(left.is_empty(), "left in the namespace: {left}");
+    let tun = PlainNs::empty(&format!("t{tag}"))?;
+    tun.ip("tuntap add dev tun7 mode tun")?;
+    tun.ip("link set tun7 up")?;
+    refused_leaving_nothing(
+        &bed,
+        &containerd,
+        "tun",
+        &tun,
+        &["tun7", "cannot be carried"],
+    )
+    .await?;
 
     // Nine veth pairs with one end up: nine Ethernet interfaces husk would take.
-    let names: Vec<(String, String)> = (0..9).map(|i| (format!("v{i}"), format!("p{i}"))).collect();
-    let mut links: Vec<Vec<&str>> = Vec::new();
-    for (name, peer) in &names {
-        links.push(vec![
-            "link", "add", name, "type", "veth", "peer", "name", peer,
-        ]);
-        links.push(vec!["link", "set", name, "up"]);
+    let many = PlainNs::empty(&format!("m{tag}"))?;
+    for i in 0..9 {
+        many.ip(&format!("link add v{i} type veth peer name p{i}"))?;
+        many.ip(&format!("link set v{i} up"))?;
     }
-    let links: Vec<&[&str]> = links.iter().map(Vec::as_slice).collect();
-    let many = Netns::new(format!("husk-bn-many-{tag}"), &links)?;
-    let message = refusal(&bed, &containerd, "many", &many.path()).await?;
-    ensure!(
-        message.contains("9 network interfaces") && message.contains("at most 8"),
-        "nine interfaces: {message:?}"
-    );
-    let left = many.husk_leftovers()?;
-    ensure!(left.is_empty(), "left in the namespace: {left}");
+    refused_leaving_nothing(
+        &bed,
+        &containerd,
+        "many",
+        &many,
+        &["9 network interfaces", "at most 8"],
+    )
+    .await?;
 
     containerd.shutdown().await?;
     // No VM, helper, mount, pod directory or cgroup of any of the four pods.

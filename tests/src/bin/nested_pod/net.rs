@@ -3,12 +3,11 @@
 //! bridge plugin sets up — which the VM then takes over as the shim's does. Also the
 //! network measurements of `--net bench`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use husk_tests::PlainNs;
 use husk_tests::netperf::{self, Ping, check_count, parse_ping, ping_args};
 use husk_tests::plain_ns::ip;
@@ -105,29 +104,13 @@ pub async fn serve_http(pod: &Pod) -> Result<Duration> {
 
 /// `GET /` until the server answers (within [`SERVE_WITHIN`]); the page must be [`PAGE`].
 fn http_get(to: SocketAddr) -> Result<Duration> {
-    let deadline = Instant::now() + SERVE_WITHIN;
-    loop {
-        let started = Instant::now();
-        match fetch(to) {
-            Ok(response) if response.contains(PAGE) => return Ok(started.elapsed()),
-            Ok(response) => bail!("{to} answered without the page: {response:?}"),
-            Err(e) if Instant::now() > deadline => {
-                return Err(e)
-                    .with_context(|| format!("no answer from {to} within {SERVE_WITHIN:?}"));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
-}
-
-fn fetch(to: SocketAddr) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: pod\r\n\r\n")?;
-    let mut response = Vec::new();
-    s.take(64 * 1024).read_to_end(&mut response)?;
-    ensure!(!response.is_empty(), "{to} closed without answering");
-    Ok(String::from_utf8_lossy(&response).into_owned())
+    let fetched = netperf::http_get(to, SERVE_WITHIN)?;
+    ensure!(
+        fetched.reply.contains(PAGE),
+        "{to} answered without the page: {:?}",
+        fetched.reply
+    );
+    Ok(fetched.took)
 }
 
 /// One measured path.

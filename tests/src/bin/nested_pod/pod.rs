@@ -111,7 +111,7 @@ impl Pod {
             Some(netns) => match PodNetwork::attach(netns, &b.log).await {
                 Ok(n) => Some(n),
                 Err(e) => {
-                    let _ = dir.destroy();
+                    abandon(None, &dir).await;
                     return Err(e).context("attaching the pod network");
                 }
             },
@@ -136,10 +136,7 @@ impl Pod {
         let vm = match launched {
             Ok(vm) => vm,
             Err(e) => {
-                if let Some(n) = network {
-                    n.detach().await;
-                }
-                let _ = dir.destroy();
+                abandon(network, &dir).await;
                 return Err(e);
             }
         };
@@ -184,10 +181,7 @@ impl Pod {
             Err(e) => {
                 let e = e.context(format!("VMM output: {}", vm.diagnostics()));
                 vm.stop(Duration::ZERO).await;
-                if let Some(n) = network {
-                    n.detach().await;
-                }
-                let _ = dir.destroy();
+                abandon(network, &dir).await;
                 Err(e)
             }
         }
@@ -341,6 +335,14 @@ impl Pod {
         }
         self.dir.destroy().context("removing the pod directory")
     }
+}
+
+/// Undoes a boot that failed before the pod existed (the VM, if any, is stopped already).
+async fn abandon(network: Option<PodNetwork>, dir: &PodDir) {
+    if let Some(n) = network {
+        n.detach().await;
+    }
+    let _ = dir.destroy();
 }
 
 fn process(argv: &[&str]) -> Result<Process> {
