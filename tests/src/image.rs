@@ -5,9 +5,12 @@
 //! `<cache>/images/busybox-<key>/{image.tar,rootfs/}`; the unpacked `rootfs/` serves
 //! tests that need a plain bundle rootfs.
 //!
-//! The same root with `sleep 2147483647` as its command is CRI's local pause image
+//! The same root with `/bin/sleep 2147483647` as its command is CRI's local pause image
 //! ([`PAUSE_IMAGE_REF`], `<cache>/images/pause-<key>/`): containerd's `sandbox_image`
-//! points at it, so RunPodSandbox never pulls.
+//! points at it, so RunPodSandbox never pulls. Like `registry.k8s.io/pause` it runs as
+//! 65535:65535, and like images built FROM scratch by umoci, buildah, ko or apko it has no
+//! `PATH`: every CRI test runs such a sandbox. [`SCRATCH_IMAGE_REF`] is an application
+//! image of that kind.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -23,8 +26,15 @@ pub const IMAGE_REF: &str = "docker.io/library/busybox-local:latest";
 /// The local pause image (CRI `sandbox_image`), a full reference like [`IMAGE_REF`].
 pub const PAUSE_IMAGE_REF: &str = "docker.io/library/husk-pause:latest";
 /// The pause image's command: sleeps as PID 1 (ignoring SIGTERM; CRI stops sandboxes
-/// with SIGKILL).
-pub const PAUSE_COMMAND: [&str; 2] = ["sleep", "2147483647"];
+/// with SIGKILL). Absolute: the image has no `PATH`.
+pub const PAUSE_COMMAND: [&str; 2] = ["/bin/sleep", "2147483647"];
+/// An application image without `PATH` that runs as [`NOBODY_65535`]: what tools other than
+/// docker build FROM scratch.
+pub const SCRATCH_IMAGE_REF: &str = "docker.io/library/husk-scratch:latest";
+/// The scratch image's command.
+pub const SCRATCH_COMMAND: [&str; 2] = ["/bin/sleep", "2147483647"];
+/// The user of the pause and scratch images, as `registry.k8s.io/pause` has it.
+pub const NOBODY_65535: &str = "65535:65535";
 /// The static busybox from Debian's `busybox-static`.
 pub const BUSYBOX: &str = "/bin/busybox";
 /// Versions the image recipe; bump when the layout below changes.
@@ -77,23 +87,39 @@ pub struct BusyboxImage {
 }
 
 /// What distinguishes the images built here: name (cache directory prefix), reference and
-/// command.
+/// command, environment and user.
 struct Recipe {
     name: &'static str,
     reference: &'static str,
     cmd: &'static [&'static str],
+    /// The image's `PATH` entry; `None` leaves the config without any environment.
+    path: Option<&'static str>,
+    /// `uid:gid`; `None` runs as root.
+    user: Option<&'static str>,
 }
 
 const BUSYBOX_RECIPE: Recipe = Recipe {
     name: "busybox",
     reference: IMAGE_REF,
     cmd: &["sh"],
+    path: Some(IMAGE_PATH),
+    user: None,
 };
 
 const PAUSE_RECIPE: Recipe = Recipe {
     name: "pause",
     reference: PAUSE_IMAGE_REF,
     cmd: &PAUSE_COMMAND,
+    path: None,
+    user: Some(NOBODY_65535),
+};
+
+const SCRATCH_RECIPE: Recipe = Recipe {
+    name: "scratch",
+    reference: SCRATCH_IMAGE_REF,
+    cmd: &SCRATCH_COMMAND,
+    path: None,
+    user: Some(NOBODY_65535),
 };
 
 impl BusyboxImage {
@@ -106,6 +132,11 @@ impl BusyboxImage {
     /// The local pause image ([`PAUSE_IMAGE_REF`]), cached like [`BusyboxImage::ensure`].
     pub fn ensure_pause(cache_root: &Path) -> Result<Self, ImageError> {
         Self::ensure_recipe(cache_root, &PAUSE_RECIPE)
+    }
+
+    /// The scratch-style application image ([`SCRATCH_IMAGE_REF`]), cached likewise.
+    pub fn ensure_scratch(cache_root: &Path) -> Result<Self, ImageError> {
+        Self::ensure_recipe(cache_root, &SCRATCH_RECIPE)
     }
 
     fn ensure_recipe(cache_root: &Path, recipe: &Recipe) -> Result<Self, ImageError> {
@@ -121,7 +152,13 @@ impl BusyboxImage {
         h.update(&busybox);
         if recipe.name != BUSYBOX_RECIPE.name {
             // (The busybox image keeps the key it always had.)
-            h.update(format!("\n{}\n{:?}", recipe.reference, recipe.cmd).as_bytes());
+            h.update(
+                format!(
+                    "\n{}\n{:?}\n{:?}\n{:?}",
+                    recipe.reference, recipe.cmd, recipe.path, recipe.user
+                )
+                .as_bytes(),
+            );
         }
         let key = &hex::encode(h.finalize())[..16];
         let images = cache_root.join("images");
@@ -177,9 +214,15 @@ fn build(work: &Path, recipe: &Recipe) -> Result<(), ImageError> {
     for word in recipe.cmd {
         config.extend(["--config.cmd", word]);
     }
+    match recipe.path {
+        Some(path) => config.extend(["--config.env", path]),
+        // Whatever umoci's defaults, the config must carry no environment at all.
+        None => config.push("--clear=config.env"),
+    }
+    if let Some(user) = recipe.user {
+        config.extend(["--config.user", user]);
+    }
     config.extend([
-        "--config.env",
-        IMAGE_PATH,
         "--config.workingdir",
         "/",
         "--os",

@@ -48,3 +48,13 @@ fn process_spec_is_honoured() -> Result<()> {
         common::process_spec_is_honoured,
     )
 }
+
+#[test]
+fn pathless_process_runs() -> Result<()> {
+    common::run_on(
+        "ctr2-nopath",
+        Runtime::Husk,
+        CONTAINERD,
+        common::image_config::pathless_process_runs,
+    )
+}

@@ -37,3 +37,13 @@ fn kill_sigkill_stops_the_task() -> Result<()> {
         common::kill_sigkill_stops_the_task,
     )
 }
+
+#[test]
+fn pause_freezes_and_resume_thaws() -> Result<()> {
+    common::run_on(
+        "ctr2-pause",
+        Runtime::Husk,
+        CONTAINERD,
+        common::task_control::pause_freezes_and_resume_thaws,
+    )
+}

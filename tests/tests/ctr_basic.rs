@@ -29,3 +29,12 @@ fn sigkill_exit_is_137() -> Result<()> {
 fn process_spec_is_honoured() -> Result<()> {
     common::run("proc-spec", Runtime::Husk, common::process_spec_is_honoured)
 }
+
+#[test]
+fn pathless_process_runs() -> Result<()> {
+    common::run(
+        "nopath",
+        Runtime::Husk,
+        common::image_config::pathless_process_runs,
+    )
+}

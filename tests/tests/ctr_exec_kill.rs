@@ -31,3 +31,12 @@ fn kill_sigkill_stops_the_task() -> Result<()> {
         common::kill_sigkill_stops_the_task,
     )
 }
+
+#[test]
+fn pause_freezes_and_resume_thaws() -> Result<()> {
+    common::run(
+        "pause",
+        Runtime::Husk,
+        common::task_control::pause_freezes_and_resume_thaws,
+    )
+}

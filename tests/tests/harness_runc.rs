@@ -76,6 +76,24 @@ fn runc_process_spec_is_honoured() -> Result<()> {
 }
 
 #[test]
+fn runc_pathless_process_runs() -> Result<()> {
+    common::run(
+        "runc-nopath",
+        RT,
+        common::image_config::pathless_process_runs,
+    )
+}
+
+#[test]
+fn runc_pause_freezes_and_resume_thaws() -> Result<()> {
+    common::run(
+        "runc-pause",
+        RT,
+        common::task_control::pause_freezes_and_resume_thaws,
+    )
+}
+
+#[test]
 fn runc_sigkill_exit_is_137() -> Result<()> {
     common::run("runc-kill9", RT, common::sigkill_exit_is_137)
 }

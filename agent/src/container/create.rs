@@ -113,6 +113,7 @@ impl Containers {
         ids::validate_exec_id(exec_id)?;
         let kinds = stdio.kinds()?;
         let process = spec::parse_exec_process(process_json, stdio.terminal)?;
+        self.require_not_paused(id)?;
         self.reserve_exec(id, exec_id)?;
         let log = self
             .log

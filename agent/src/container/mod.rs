@@ -5,12 +5,15 @@
 //! delete do not fork and run on tokio's blocking pool. Exits come from [`crate::reaper`].
 
 pub mod cgroup;
+mod control;
 mod create;
+pub mod freezer;
 pub mod ids;
 pub mod layout;
 mod lifecycle;
 mod record;
 pub mod spec;
+pub mod stats;
 pub mod sysctl;
 
 use std::collections::HashMap;
@@ -55,6 +58,8 @@ pub enum ContainerError {
     NotStarted(String),
     #[error("container {0} has stopped")]
     Stopped(String),
+    #[error("container {0} is paused; resume it first")]
+    Paused(String),
     #[error("root.path {0:?} does not exist in the guest (is the shared directory mounted?)")]
     RootfsMissing(std::path::PathBuf),
     #[error("signal {0} is not a valid signal number")]
@@ -75,6 +80,10 @@ pub enum ContainerError {
     Helper(#[from] HelperError),
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Freezer(#[from] freezer::FreezerError),
+    #[error(transparent)]
+    Stats(#[from] stats::StatsError),
     #[error(transparent)]
     Signal(#[from] ReaperError),
     #[error("{what}: {source}")]

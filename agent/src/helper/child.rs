@@ -17,7 +17,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
-use super::exec_seccomp::SeccompExecutor;
+use super::executor::HuskExecutor;
 use super::message;
 use super::{FailureKind, HELPER_FD, HelperError, HelperReply, HelperRequest, Operation};
 
@@ -143,6 +143,7 @@ fn execute(req: &HelperRequest, fds: Vec<OwnedFd>) -> Result<(i32, Option<OwnedF
     let pid = match &req.operation {
         Operation::Create { bundle } => {
             let container = builder
+                .with_executor(HuskExecutor::for_init())
                 .as_init(bundle)
                 .with_systemd(false)
                 .with_detach(true)
@@ -158,7 +159,7 @@ fn execute(req: &HelperRequest, fds: Vec<OwnedFd>) -> Result<(i32, Option<OwnedF
             let spec = Spec::load(bundle.join("config.json"))
                 .map_err(|e| Failure::internal(format!("loading the container's spec: {e}")))?;
             builder
-                .with_executor(SeccompExecutor::for_container(&spec))
+                .with_executor(HuskExecutor::for_exec(&spec))
                 .as_tenant()
                 .with_detach(true)
                 .with_process(Some(process_file))

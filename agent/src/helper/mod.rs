@@ -19,7 +19,7 @@
 //! The helper's exit is reaped by the agent's reaper like any other process.
 
 pub mod child;
-mod exec_seccomp;
+mod executor;
 pub mod launch;
 mod message;
 
@@ -43,7 +43,7 @@ pub enum Operation {
     /// A new container from `<bundle>/config.json`; its init waits for `start`.
     Create { bundle: PathBuf },
     /// A process in a running container, described by an OCI process JSON file; the
-    /// container's bundle supplies the seccomp filter (see `exec_seccomp`).
+    /// container's bundle supplies the seccomp filter (see `executor`).
     Exec {
         process_file: PathBuf,
         bundle: PathBuf,

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use husk_protocol::agent::{
-    CheckRequest, CheckResponse, ConfigureNetworkRequest, ContainerRequest, CreateContainerRequest,
-    CreateSandboxRequest, DestroySandboxRequest, Empty, ExecProcessRequest, ListProcessesResponse,
-    ProcessRequest, ProcessStarted, SignalProcessRequest, Stdio, TtyWinResizeRequest,
-    WaitProcessResponse,
+    CheckRequest, CheckResponse, ConfigureNetworkRequest, ContainerRequest, ContainerStatsResponse,
+    CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, Empty, ExecProcessRequest,
+    IoDeviceStats, ListProcessesResponse, ProcessRequest, ProcessStarted, SignalProcessRequest,
+    Stdio, TtyWinResizeRequest, WaitProcessResponse,
 };
 use husk_protocol::agent_ttrpc::Agent;
 use slog::{Logger, debug, info};
@@ -250,6 +250,57 @@ impl Agent for AgentService {
         )?;
         Ok(ListProcessesResponse {
             pids,
+            ..Default::default()
+        })
+    }
+
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let containers = Arc::clone(&self.containers);
+        let paused =
+            detached(async move { containers.set_paused(&req.container_id, true).await }).await?;
+        logged(&self.log, "PauseContainer", paused)?;
+        Ok(Empty::new())
+    }
+
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let containers = Arc::clone(&self.containers);
+        let resumed =
+            detached(async move { containers.set_paused(&req.container_id, false).await }).await?;
+        logged(&self.log, "ResumeContainer", resumed)?;
+        Ok(Empty::new())
+    }
+
+    async fn container_stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<ContainerStatsResponse> {
+        let figures = self.containers.stats(&req.container_id).await;
+        let figures = logged(&self.log, "ContainerStats", figures)?;
+        let io = figures
+            .io
+            .into_iter()
+            .map(|d| IoDeviceStats {
+                major: d.major,
+                minor: d.minor,
+                rbytes: d.rbytes,
+                wbytes: d.wbytes,
+                rios: d.rios,
+                wios: d.wios,
+                ..Default::default()
+            })
+            .collect();
+        Ok(ContainerStatsResponse {
+            counters: figures.counters,
+            io,
             ..Default::default()
         })
     }

@@ -3,6 +3,7 @@
 use ttrpc::Code;
 
 use crate::container::ContainerError;
+use crate::container::freezer::FreezerError;
 use crate::helper::{FailureKind, HelperError};
 use crate::network::NetworkError;
 use crate::sandbox::SandboxError;
@@ -22,7 +23,10 @@ pub fn container_code(e: &ContainerError) -> Code {
         | E::AlreadyStarted(_)
         | E::NotStarted(_)
         | E::Stopped(_)
-        | E::RootfsMissing(_) => Code::FAILED_PRECONDITION,
+        | E::Paused(_)
+        | E::RootfsMissing(_)
+        | E::Freezer(FreezerError::Unsupported(_)) => Code::FAILED_PRECONDITION,
+        E::Freezer(FreezerError::Timeout { .. }) => Code::DEADLINE_EXCEEDED,
         E::InvalidSignal(_)
         | E::InvalidSize { .. }
         | E::InvalidId(_)
@@ -35,6 +39,8 @@ pub fn container_code(e: &ContainerError) -> Code {
         E::Stdio(_)
         | E::Streams(_)
         | E::Cgroup(_)
+        | E::Freezer(_)
+        | E::Stats(_)
         | E::Signal(_)
         | E::Io { .. }
         | E::Libcontainer(_)

@@ -219,6 +219,18 @@ impl Agent for AgentClient {
         rpc!(self, list_processes, container_req(id)).map(|r| r.pids)
     }
 
+    async fn set_paused(&self, id: &str, paused: bool) -> Result<(), AgentError> {
+        if paused {
+            rpc!(self, pause_container, container_req(id)).map(drop)
+        } else {
+            rpc!(self, resume_container, container_req(id)).map(drop)
+        }
+    }
+
+    async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, AgentError> {
+        rpc!(self, container_stats, container_req(id))
+    }
+
     async fn tty_resize(
         &self,
         id: &str,

@@ -7,7 +7,7 @@ pub mod client;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use husk_protocol::agent::{Interface, Stdio};
+use husk_protocol::agent::{ContainerStatsResponse, Interface, Stdio};
 use husk_protocol::io_stream::StreamHeader;
 use thiserror::Error;
 use tokio::net::UnixStream;
@@ -55,6 +55,10 @@ pub trait Agent: Send + Sync {
     /// Until the process exits (its exit status); an error if the VM or connection goes.
     async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32, AgentError>;
     async fn list_processes(&self, id: &str) -> Result<Vec<u32>, AgentError>;
+    /// Freezes (`paused`) or thaws every process of the container.
+    async fn set_paused(&self, id: &str, paused: bool) -> Result<(), AgentError>;
+    /// The container cgroup's figures, as the guest reports them (unchecked guest data).
+    async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, AgentError>;
     async fn tty_resize(
         &self,
         id: &str,
@@ -74,7 +78,7 @@ pub enum AgentError {
     #[error("the VM ended {waited:?} after it was started, before its agent answered: {how}")]
     VmEnded { waited: Duration, how: String },
     /// The agent's message is guest text: escaped before it reaches a log or containerd.
-    #[error("agent {method}: {}", husk_protocol::guest_text::escape(&source.to_string()))]
+    #[error("agent {method}: {}", husk_protocol::guest_text::escape(&rpc_text(source)))]
     Rpc {
         method: &'static str,
         source: ttrpc::Error,
@@ -103,6 +107,15 @@ pub enum StreamError {
     /// The VM is gone (as the fake agent of the tests reports it).
     #[error("the VM is gone")]
     VmGone,
+}
+
+/// An agent's answer as text: a status is its code and message (its Debug form would
+/// quote and escape the message a second time).
+fn rpc_text(e: &ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
+    }
 }
 
 impl AgentError {

@@ -1,6 +1,7 @@
 //! A container of the pod: its init process, its execs, and where its files live.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::error::{TaskError, TaskResult};
@@ -16,6 +17,8 @@ pub struct Container {
     /// The pod's sandbox (pause) container, whose namespaces the others join.
     pub is_sandbox: bool,
     execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// Frozen by Pause (the guest's cgroup freezer) until Resume.
+    paused: AtomicBool,
 }
 
 /// Execs per container: bounded so a client cannot grow shim memory without limit.
@@ -29,7 +32,16 @@ impl Container {
             init,
             is_sandbox,
             execs: Mutex::new(HashMap::new()),
+            paused: AtomicBool::new(false),
         }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
     }
 
     /// The init process for an empty `exec_id`, else that exec.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use containerd_shim_protos::api::CreateTaskRequest;
 use husk_hypervisor::{VmExit, VmHandle};
-use husk_protocol::agent::Stdio;
+use husk_protocol::agent::{ContainerStatsResponse, Stdio};
 use husk_protocol::io_stream::{StreamHeader, StreamKind};
 use oci_spec::runtime::Spec;
 use slog::Logger;
@@ -46,6 +46,8 @@ pub struct Guest {
     vm_exit: watch::Sender<Option<VmExit>>,
     /// Launching the pod fails.
     pub launch_fails: Mutex<bool>,
+    /// What ContainerStats answers.
+    pub stats: Mutex<ContainerStatsResponse>,
 }
 
 impl Guest {
@@ -57,6 +59,7 @@ impl Guest {
             failing: Mutex::default(),
             vm_exit: watch::channel(None).0,
             launch_fails: Mutex::new(false),
+            stats: Mutex::default(),
         })
     }
 
@@ -236,6 +239,18 @@ impl Agent for FakeAgent {
         self.0.record(format!("list_processes {id}"));
         self.0.check("list_processes")?;
         Ok(vec![INIT_PID])
+    }
+
+    async fn set_paused(&self, id: &str, paused: bool) -> Result<(), AgentError> {
+        let what = if paused { "pause" } else { "resume" };
+        self.0.record(format!("{what} {id}"));
+        self.0.check(what)
+    }
+
+    async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, AgentError> {
+        self.0.record(format!("container_stats {id}"));
+        self.0.check("container_stats")?;
+        Ok(self.0.stats.lock().unwrap().clone())
     }
 
     async fn tty_resize(&self, id: &str, exec_id: &str, _: u32, _: u32) -> Result<(), AgentError> {

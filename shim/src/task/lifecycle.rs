@@ -53,6 +53,11 @@ impl Shim {
                     "container {id} is not running"
                 )));
             }
+            if container.is_paused() {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "container {id} is paused; resume it before starting an exec"
+                )));
+            }
             let io = ProcessIo::attach(pod.agent.as_ref(), id, exec_id, &process.stdio, &self.log)
                 .await
                 .map_err(|e| TaskError::internal("attaching exec stdio", e))?;
@@ -182,6 +187,8 @@ impl Shim {
         r.terminal = process.stdio.terminal;
         let status = match process.status() {
             Status::Created => ApiStatus::CREATED,
+            // The freezer holds the whole cgroup: execs are paused with their container.
+            Status::Running if container.is_paused() => ApiStatus::PAUSED,
             Status::Running => ApiStatus::RUNNING,
             Status::Stopped {
                 exit_status,

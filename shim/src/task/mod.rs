@@ -4,10 +4,12 @@
 //! implement the operations; `service` maps the ttrpc trait onto them.
 
 mod container;
+mod control;
 mod create;
 mod error;
 mod exec;
 mod lifecycle;
+mod metrics;
 mod monitor;
 mod process;
 mod service;

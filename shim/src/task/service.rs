@@ -75,12 +75,16 @@ impl Task for TaskService {
         Ok(r)
     }
 
-    async fn pause(&self, _: &TtrpcContext, _: PauseRequest) -> R<Empty> {
-        unimplemented("Pause")
+    async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> R<Empty> {
+        debug!(self.shim.log, "pause"; "id" => &req.id);
+        self.shim.pause(&req.id).await?;
+        Ok(Empty::new())
     }
 
-    async fn resume(&self, _: &TtrpcContext, _: ResumeRequest) -> R<Empty> {
-        unimplemented("Resume")
+    async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> R<Empty> {
+        debug!(self.shim.log, "resume"; "id" => &req.id);
+        self.shim.resume(&req.id).await?;
+        Ok(Empty::new())
     }
 
     async fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> R<Empty> {
@@ -126,8 +130,10 @@ impl Task for TaskService {
         Ok(r)
     }
 
-    async fn stats(&self, _: &TtrpcContext, _: StatsRequest) -> R<StatsResponse> {
-        unimplemented("Stats")
+    async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> R<StatsResponse> {
+        let mut r = StatsResponse::new();
+        r.stats = MessageField::some(self.shim.stats(&req.id).await?);
+        Ok(r)
     }
 
     async fn connect(&self, _: &TtrpcContext, _: ConnectRequest) -> R<ConnectResponse> {

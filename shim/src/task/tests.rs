@@ -10,7 +10,8 @@ use containerd_shim_protos::events::task::TaskExit;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::topics::{
     TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXEC_ADDED_EVENT_TOPIC,
-    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_PAUSED_EVENT_TOPIC,
+    TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
 use husk_protocol::io_stream::StreamKind;
 use oci_spec::runtime::Spec;
@@ -433,4 +434,69 @@ async fn a_dead_vm_reports_every_process_exited_and_ends_the_shim() {
         .unwrap()
         .unwrap();
     assert!(w.guest.calls().iter().any(|c| c == "remove_host_state"));
+}
+
+#[tokio::test]
+async fn pause_and_resume_freeze_the_container_report_paused_and_publish_events() {
+    let mut w = world();
+    w.running("c1").await;
+    assert_eq!(
+        code(w.shim.resume("c1").await),
+        Some(Code::FAILED_PRECONDITION)
+    );
+    w.shim.pause("c1").await.unwrap();
+    assert_eq!(w.status("c1", ""), Ok(ApiStatus::PAUSED));
+    // Pausing again is no new request to the guest.
+    w.shim.pause("c1").await.unwrap();
+    assert_eq!(w.guest.called("pause c1"), 1);
+    // A frozen cgroup would freeze a new exec on entry: refused up front.
+    w.shim.exec(&w.exec_req("c1", "e1")).await.unwrap();
+    assert_eq!(
+        code(w.shim.start("c1", "e1").await),
+        Some(Code::FAILED_PRECONDITION)
+    );
+    w.shim.resume("c1").await.unwrap();
+    assert_eq!(w.status("c1", ""), Ok(ApiStatus::RUNNING));
+    assert_eq!(w.guest.called("resume c1"), 1);
+    let topics = w.events.topics().await;
+    let paused = topics.iter().position(|t| *t == TASK_PAUSED_EVENT_TOPIC);
+    let resumed = topics.iter().position(|t| *t == TASK_RESUMED_EVENT_TOPIC);
+    assert!(paused.is_some() && paused < resumed, "{topics:?}");
+}
+
+#[tokio::test]
+async fn only_a_running_container_pauses_and_a_failed_freeze_changes_nothing() {
+    let w = world();
+    assert_eq!(w.create("c1").await, Ok(VM_PID));
+    assert_eq!(
+        code(w.shim.pause("c1").await),
+        Some(Code::FAILED_PRECONDITION)
+    );
+    assert_eq!(code(w.shim.pause("nope").await), Some(Code::NOT_FOUND));
+    w.shim.start("c1", "").await.unwrap();
+    w.guest.fail("pause", Code::DEADLINE_EXCEEDED);
+    assert_eq!(
+        code(w.shim.pause("c1").await),
+        Some(Code::DEADLINE_EXCEEDED)
+    );
+    assert_eq!(w.status("c1", ""), Ok(ApiStatus::RUNNING));
+}
+
+#[tokio::test]
+async fn stats_are_the_guest_figures_as_cgroup_v2_metrics() {
+    use containerd_shim_protos::cgroups_v2::metrics::Metrics;
+    use containerd_shim_protos::protobuf::Message;
+    let w = world();
+    w.running("c1").await;
+    w.guest
+        .stats
+        .lock()
+        .unwrap()
+        .counters
+        .insert("memory.current".into(), 64 << 20);
+    let any = w.shim.stats("c1").await.unwrap();
+    assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+    let m = Metrics::parse_from_bytes(&any.value).unwrap();
+    assert_eq!(m.memory.usage, 64 << 20);
+    assert_eq!(code(w.shim.stats("nope").await), Some(Code::NOT_FOUND));
 }

@@ -174,6 +174,14 @@ impl CriWorld {
         Ok(world)
     }
 
+    /// Imports one more offline image and waits until CRI sees it.
+    pub fn import(&self, image: &BusyboxImage) -> Result<()> {
+        self.containerd
+            .ctr(CRI_NAMESPACE, Duration::from_secs(120))
+            .import(&image.archive, &image.reference)?;
+        self.wait_image(&image.reference)
+    }
+
     fn wait_image(&self, reference: &str) -> Result<()> {
         let start = Instant::now();
         loop {

@@ -5,6 +5,9 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod image_config;
+pub mod task_control;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -132,7 +135,7 @@ pub fn exit_code_propagates(bed: &TestBed) -> Result<()> {
 /// container's own, as `ctr run` would give it: the default (`/<namespace>`) is one cgroup
 /// that every such container of every test would share, and runc then fails to set up the
 /// device rules of one while another has a child cgroup below it.
-fn base_spec(bed: &TestBed, id: &str) -> Result<serde_json::Value> {
+pub fn base_spec(bed: &TestBed, id: &str) -> Result<serde_json::Value> {
     let spec_text = bed.ctr().checked(["oci", "spec"])?.stdout_text();
     let mut spec: serde_json::Value =
         serde_json::from_str(&spec_text).context("parsing `ctr oci spec`")?;
@@ -347,7 +350,7 @@ pub fn tty_is_a_terminal(bed: &TestBed) -> Result<()> {
 
 /// Starts `args` in the background with `ctr run --rm` and waits until it printed
 /// `ready` (so signal handlers are installed) — returns the running ctr.
-fn start_ready(bed: &TestBed, id: &str, args: &[&str]) -> Result<husk_tests::cmd::Running> {
+pub fn start_ready(bed: &TestBed, id: &str, args: &[&str]) -> Result<husk_tests::cmd::Running> {
     let mut run = bed.run(id, &[], args).spawn()?;
     if !run.wait_for_stdout(b"ready", Duration::from_secs(100)) {
         let out = run.wait()?;
