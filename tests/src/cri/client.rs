@@ -11,12 +11,14 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    Container, ContainerConfig, ContainerFilter, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ExecRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec,
-    ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandbox, PodSandboxConfig,
-    PodSandboxFilter, PodSandboxStatusRequest, PodSandboxStatusResponse, PortForwardRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest, VersionRequest, VersionResponse,
+    Container, ContainerConfig, ContainerFilter, ContainerStats, ContainerStatsFilter,
+    ContainerStatsRequest, ContainerStatus, ContainerStatusRequest, CreateContainerRequest,
+    ExecRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec, ImageStatusRequest,
+    ListContainerStatsRequest, ListContainersRequest, ListPodSandboxRequest, PodSandbox,
+    PodSandboxConfig, PodSandboxFilter, PodSandboxStats, PodSandboxStatsRequest,
+    PodSandboxStatusRequest, PodSandboxStatusResponse, PortForwardRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest, VersionRequest, VersionResponse,
 };
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
@@ -318,6 +320,49 @@ impl CriClient {
         r.status.ok_or(CriError::Incomplete {
             call: "ContainerStatus",
             field: "status",
+        })
+    }
+
+    /// `ContainerStats`.
+    pub fn container_stats(&self, id: &str) -> CriResult<ContainerStats> {
+        let mut c = self.runtime.clone();
+        let req = ContainerStatsRequest {
+            container_id: id.into(),
+        };
+        let r = self.call("ContainerStats", QUERY_TIMEOUT, async move {
+            c.container_stats(req).await
+        })?;
+        r.stats.ok_or(CriError::Incomplete {
+            call: "ContainerStats",
+            field: "stats",
+        })
+    }
+
+    /// `ListContainerStats`.
+    pub fn list_container_stats(
+        &self,
+        filter: Option<ContainerStatsFilter>,
+    ) -> CriResult<Vec<ContainerStats>> {
+        let mut c = self.runtime.clone();
+        let req = ListContainerStatsRequest { filter };
+        let r = self.call("ListContainerStats", QUERY_TIMEOUT, async move {
+            c.list_container_stats(req).await
+        })?;
+        Ok(r.stats)
+    }
+
+    /// `PodSandboxStats`.
+    pub fn pod_sandbox_stats(&self, id: &str) -> CriResult<PodSandboxStats> {
+        let mut c = self.runtime.clone();
+        let req = PodSandboxStatsRequest {
+            pod_sandbox_id: id.into(),
+        };
+        let r = self.call("PodSandboxStats", QUERY_TIMEOUT, async move {
+            c.pod_sandbox_stats(req).await
+        })?;
+        r.stats.ok_or(CriError::Incomplete {
+            call: "PodSandboxStats",
+            field: "stats",
         })
     }
 
