@@ -44,6 +44,11 @@ impl Containers {
         Ok(())
     }
 
+    /// OOM kills counted in the container's cgroup so far (0 if it cannot be read).
+    pub fn oom_kills(&self, id: &str) -> u64 {
+        stats::oom_kills(&self.layout.cgroup_dir(id))
+    }
+
     /// The container cgroup's figures.
     pub async fn stats(&self, id: &str) -> Result<stats::Figures, ContainerError> {
         self.process(id, "")?;

@@ -15,6 +15,7 @@ mod record;
 pub mod spec;
 pub mod stats;
 pub mod sysctl;
+mod update;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -84,6 +85,8 @@ pub enum ContainerError {
     Freezer(#[from] freezer::FreezerError),
     #[error(transparent)]
     Stats(#[from] stats::StatsError),
+    #[error("applying the new resources: {0}")]
+    Update(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Signal(#[from] ReaperError),
     #[error("{what}: {source}")]

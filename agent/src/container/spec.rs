@@ -14,7 +14,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, Process, Spec};
 use thiserror::Error;
 
 /// Parent cgroup of every container, relative to the cgroup v2 root.
@@ -34,6 +34,10 @@ pub enum SpecError {
     Json(#[source] serde_json::Error),
     #[error("the exec process is not a valid runtime-spec process object: {0}")]
     ProcessJson(#[source] serde_json::Error),
+    #[error("the resources are not a valid runtime-spec linux.resources object: {0}")]
+    ResourcesJson(#[source] serde_json::Error),
+    #[error("the resources object is {len} bytes; at most {max} are accepted")]
+    ResourcesTooLarge { len: usize, max: usize },
     #[error("ociVersion {0:?} is not supported (expected 1.x)")]
     Version(String),
     #[error("root is missing")]
@@ -62,6 +66,17 @@ pub fn parse_exec_process(json: &[u8], terminal: bool) -> Result<Process, SpecEr
     let mut process: Process = serde_json::from_slice(json).map_err(SpecError::ProcessJson)?;
     check_process(&mut process, terminal)?;
     Ok(process)
+}
+
+/// Parses an OCI `linux.resources` object of at most `max` bytes.
+pub fn parse_resources(json: &[u8], max: usize) -> Result<LinuxResources, SpecError> {
+    if json.len() > max {
+        return Err(SpecError::ResourcesTooLarge {
+            len: json.len(),
+            max,
+        });
+    }
+    serde_json::from_slice(json).map_err(SpecError::ResourcesJson)
 }
 
 /// The cgroup (relative to the v2 root) of container `id`.

@@ -81,6 +81,17 @@ pub fn read(dir: &Path) -> Result<Figures, StatsError> {
     Ok(figures)
 }
 
+/// `oom_kill` of the cgroup's `memory.events` (its whole subtree); 0 if unreadable.
+pub fn oom_kills(dir: &Path) -> u64 {
+    let Ok(Some((_, text))) = read_optional(dir, "memory.events") else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn read_optional(dir: &Path, file: &str) -> Result<Option<(PathBuf, String)>, StatsError> {
     let path = dir.join(file);
     match std::fs::read_to_string(&path) {
@@ -160,6 +171,8 @@ mod tests {
         assert_eq!(f.counters["memory.stat:inactive_file"], 1024);
         assert_eq!(f.counters["memory.events:oom_kill"], 1);
         assert!(!f.counters.contains_key("memory.peak"));
+        assert_eq!(oom_kills(tmp.path()), 1);
+        assert_eq!(oom_kills(&tmp.path().join("gone")), 0);
         assert_eq!(
             f.io,
             vec![IoDevice {

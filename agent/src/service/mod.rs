@@ -11,7 +11,7 @@ use husk_protocol::agent::{
     CheckRequest, CheckResponse, ConfigureNetworkRequest, ContainerRequest, ContainerStatsResponse,
     CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, Empty, ExecProcessRequest,
     IoDeviceStats, ListProcessesResponse, ProcessRequest, ProcessStarted, SignalProcessRequest,
-    Stdio, TtyWinResizeRequest, WaitProcessResponse,
+    Stdio, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessResponse,
 };
 use husk_protocol::agent_ttrpc::Agent;
 use slog::{Logger, debug, info};
@@ -234,6 +234,7 @@ impl Agent for AgentService {
         let exit_status = logged(&self.log, "WaitProcess", status)?;
         Ok(WaitProcessResponse {
             exit_status,
+            oom_kills: self.containers.oom_kills(&req.container_id),
             ..Default::default()
         })
     }
@@ -275,6 +276,19 @@ impl Agent for AgentService {
         let resumed =
             detached(async move { containers.set_paused(&req.container_id, false).await }).await?;
         logged(&self.log, "ResumeContainer", resumed)?;
+        Ok(Empty::new())
+    }
+
+    async fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let containers = Arc::clone(&self.containers);
+        let updated =
+            detached(async move { containers.update(&req.container_id, &req.resources).await })
+                .await?;
+        logged(&self.log, "UpdateContainer", updated)?;
         Ok(Empty::new())
     }
 

@@ -41,6 +41,7 @@ pub fn container_code(e: &ContainerError) -> Code {
         | E::Cgroup(_)
         | E::Freezer(_)
         | E::Stats(_)
+        | E::Update(_)
         | E::Signal(_)
         | E::Io { .. }
         | E::Libcontainer(_)

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Agent, AgentError, StreamError};
+use super::{Agent, AgentError, ProcessExit, StreamError};
 
 use async_trait::async_trait;
 use husk_hypervisor::VmExit;
@@ -201,14 +201,17 @@ impl Agent for AgentClient {
     }
 
     /// Blocks until the process exits; ends with an error if the VM or connection goes away.
-    async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32, AgentError> {
+    async fn wait_process(&self, id: &str, exec_id: &str) -> Result<ProcessExit, AgentError> {
         self.client
             .wait_process(
                 ttrpc::context::Context::default(),
                 &process_req(id, exec_id),
             )
             .await
-            .map(|r| r.exit_status)
+            .map(|r| ProcessExit {
+                status: r.exit_status,
+                oom_kills: r.oom_kills,
+            })
             .map_err(|source| AgentError::Rpc {
                 method: "wait_process",
                 source,
@@ -225,6 +228,13 @@ impl Agent for AgentClient {
         } else {
             rpc!(self, resume_container, container_req(id)).map(drop)
         }
+    }
+
+    async fn update_container(&self, id: &str, resources: Vec<u8>) -> Result<(), AgentError> {
+        let mut req = UpdateContainerRequest::new();
+        req.container_id = id.to_string();
+        req.resources = resources;
+        rpc!(self, update_container, req).map(drop)
     }
 
     async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, AgentError> {

@@ -53,10 +53,12 @@ pub trait Agent: Send + Sync {
         all: bool,
     ) -> Result<(), AgentError>;
     /// Until the process exits (its exit status); an error if the VM or connection goes.
-    async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32, AgentError>;
+    async fn wait_process(&self, id: &str, exec_id: &str) -> Result<ProcessExit, AgentError>;
     async fn list_processes(&self, id: &str) -> Result<Vec<u32>, AgentError>;
     /// Freezes (`paused`) or thaws every process of the container.
     async fn set_paused(&self, id: &str, paused: bool) -> Result<(), AgentError>;
+    /// Applies new limits (OCI `linux.resources` JSON) to the container's cgroup.
+    async fn update_container(&self, id: &str, resources: Vec<u8>) -> Result<(), AgentError>;
     /// The container cgroup's figures, as the guest reports them (unchecked guest data).
     async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, AgentError>;
     async fn tty_resize(
@@ -107,6 +109,15 @@ pub enum StreamError {
     /// The VM is gone (as the fake agent of the tests reports it).
     #[error("the VM is gone")]
     VmGone,
+}
+
+/// How a process ended, as the agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessExit {
+    /// Shell-style: the exit code, or 128 + signal number.
+    pub status: i32,
+    /// OOM kills counted in the container's cgroup once the process had exited.
+    pub oom_kills: u64,
 }
 
 /// An agent's answer as text: a status is its code and message (its Debug form would

@@ -1,7 +1,7 @@
 //! A container of the pod: its init process, its execs, and where its files live.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::error::{TaskError, TaskResult};
@@ -19,6 +19,8 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Process>>>,
     /// Frozen by Pause (the guest's cgroup freezer) until Resume.
     paused: AtomicBool,
+    /// OOM kills of the container's cgroup already reported to containerd.
+    oom_kills_reported: AtomicU64,
 }
 
 /// Execs per container: bounded so a client cannot grow shim memory without limit.
@@ -33,7 +35,15 @@ impl Container {
             is_sandbox,
             execs: Mutex::new(HashMap::new()),
             paused: AtomicBool::new(false),
+            oom_kills_reported: AtomicU64::new(0),
         }
+    }
+
+    /// Records that the guest counted `oom_kills` so far; true if that is news.
+    pub fn note_oom_kills(&self, oom_kills: u64) -> bool {
+        self.oom_kills_reported
+            .fetch_max(oom_kills, Ordering::SeqCst)
+            < oom_kills
     }
 
     pub fn is_paused(&self) -> bool {

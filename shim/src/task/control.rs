@@ -5,10 +5,15 @@ use containerd_shim_protos::events::task::{TaskPaused, TaskResumed};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::topics::{TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC};
 
+use oci_spec::runtime::LinuxResources;
+
 use super::Shim;
 use super::error::{TaskError, TaskResult};
 use super::metrics;
 use super::process::Status;
+
+/// Largest resources object an update may carry (containerd sends a few hundred bytes).
+const MAX_RESOURCES_JSON: usize = 64 * 1024;
 
 impl Shim {
     /// Freezes every process of container `id`. Pausing a paused container does nothing.
@@ -47,6 +52,34 @@ impl Shim {
         self.publisher
             .publish(TASK_RESUMED_EVENT_TOPIC, Box::new(ev))
             .await;
+        Ok(())
+    }
+
+    /// Task Update: new limits for container `id`. containerd sends the OCI
+    /// `linux.resources` object as JSON; it is checked here before the guest sees it.
+    pub async fn update(&self, id: &str, resources: Option<&Any>) -> TaskResult<()> {
+        let container = self.container(id)?;
+        if matches!(container.init.status(), Status::Stopped { .. }) {
+            return Err(TaskError::FailedPrecondition(format!(
+                "container {id} has stopped"
+            )));
+        }
+        let json = resources.map(|r| r.value.as_slice()).unwrap_or_default();
+        if json.len() > MAX_RESOURCES_JSON {
+            return Err(TaskError::InvalidArgument(format!(
+                "the resources of the update are {} bytes; at most {MAX_RESOURCES_JSON} are accepted",
+                json.len()
+            )));
+        }
+        serde_json::from_slice::<LinuxResources>(json).map_err(|e| {
+            TaskError::InvalidArgument(format!(
+                "the update's resources are not an OCI linux.resources object: {e}"
+            ))
+        })?;
+        self.require_pod()?
+            .agent
+            .update_container(id, json.to_vec())
+            .await?;
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use ttrpc::Code;
 
 use super::{TaskError, TaskResult};
-use crate::agent::{Agent, AgentError, StreamError};
+use crate::agent::{Agent, AgentError, ProcessExit, StreamError};
 use crate::container_files::{ContainerFilesError, RootfsSource};
 use crate::guest_spec::HostBind;
 use crate::pod::{Pod, PodHost};
@@ -48,6 +48,8 @@ pub struct Guest {
     pub launch_fails: Mutex<bool>,
     /// What ContainerStats answers.
     pub stats: Mutex<ContainerStatsResponse>,
+    /// The OOM kills WaitProcess reports.
+    pub oom_kills: Mutex<u64>,
 }
 
 impl Guest {
@@ -60,6 +62,7 @@ impl Guest {
             vm_exit: watch::channel(None).0,
             launch_fails: Mutex::new(false),
             stats: Mutex::default(),
+            oom_kills: Mutex::default(),
         })
     }
 
@@ -221,13 +224,16 @@ impl Agent for FakeAgent {
         Ok(())
     }
 
-    async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32, AgentError> {
+    async fn wait_process(&self, id: &str, exec_id: &str) -> Result<ProcessExit, AgentError> {
         let Some(mut exit) = self.0.exit_watch(id, exec_id) else {
             return Err(rpc_error("wait_process", Code::NOT_FOUND));
         };
         let mut vm = self.0.vm_exit.subscribe();
         tokio::select! {
-            status = exit.wait_for(Option::is_some) => Ok(status.unwrap().unwrap()),
+            status = exit.wait_for(Option::is_some) => Ok(ProcessExit {
+                status: status.unwrap().unwrap(),
+                oom_kills: *self.0.oom_kills.lock().unwrap(),
+            }),
             _ = vm.wait_for(Option::is_some) => Err(AgentError::Stream {
                 what: "wait".into(),
                 source: StreamError::VmGone,
@@ -245,6 +251,14 @@ impl Agent for FakeAgent {
         let what = if paused { "pause" } else { "resume" };
         self.0.record(format!("{what} {id}"));
         self.0.check(what)
+    }
+
+    async fn update_container(&self, id: &str, resources: Vec<u8>) -> Result<(), AgentError> {
+        self.0.record(format!(
+            "update {id} {}",
+            String::from_utf8_lossy(&resources)
+        ));
+        self.0.check("update")
     }
 
     async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, AgentError> {

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use containerd_shim_protos::events::task::TaskExit;
+use containerd_shim_protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim_protos::protobuf::MessageField;
-use containerd_shim_protos::topics::TASK_EXIT_EVENT_TOPIC;
+use containerd_shim_protos::topics::{TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC};
 use slog::{info, warn};
 
 use super::process::Process;
@@ -32,7 +32,12 @@ impl Shim {
                 .wait_process(&process.container_id, &process.exec_id)
                 .await
             {
-                Ok(code) => u32::try_from(code).unwrap_or(255),
+                Ok(exit) => {
+                    // Before the exit: containerd's CRI then reports the container
+                    // OOMKilled, whichever event it handles first.
+                    shim.report_oom(&process.container_id, exit.oom_kills).await;
+                    u32::try_from(exit.status).unwrap_or(255)
+                }
                 Err(e) => {
                     warn!(shim.log, "lost track of a process"; "container" => &process.container_id,
                           "exec" => &process.exec_id, "error" => %e);
@@ -51,6 +56,22 @@ impl Shim {
             drop(process.take_stdin());
             shim.finish(&process, status).await;
         });
+    }
+
+    /// Publishes TaskOOM if the container's cgroup counted OOM kills not yet reported.
+    async fn report_oom(&self, container_id: &str, oom_kills: u64) {
+        let Ok(container) = self.container(container_id) else {
+            return;
+        };
+        if container.note_oom_kills(oom_kills) {
+            info!(self.log, "the guest OOM-killed in the container"; "container" => container_id,
+                  "oom_kills" => oom_kills);
+            let mut ev = TaskOOM::new();
+            ev.container_id = container_id.to_owned();
+            self.publisher
+                .publish(TASK_OOM_EVENT_TOPIC, Box::new(ev))
+                .await;
+        }
     }
 
     /// Marks the process stopped and publishes TaskExit, once.

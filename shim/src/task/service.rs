@@ -118,8 +118,10 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn update(&self, _: &TtrpcContext, _: UpdateTaskRequest) -> R<Empty> {
-        unimplemented("Update")
+    async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> R<Empty> {
+        debug!(self.shim.log, "update"; "id" => &req.id);
+        self.shim.update(&req.id, req.resources.as_ref()).await?;
+        Ok(Empty::new())
     }
 
     async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> R<WaitResponse> {

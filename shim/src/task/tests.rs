@@ -10,8 +10,8 @@ use containerd_shim_protos::events::task::TaskExit;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::topics::{
     TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXEC_ADDED_EVENT_TOPIC,
-    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_PAUSED_EVENT_TOPIC,
-    TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC,
+    TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
 use husk_protocol::io_stream::StreamKind;
 use oci_spec::runtime::Spec;
@@ -499,4 +499,58 @@ async fn stats_are_the_guest_figures_as_cgroup_v2_metrics() {
     let m = Metrics::parse_from_bytes(&any.value).unwrap();
     assert_eq!(m.memory.usage, 64 << 20);
     assert_eq!(code(w.shim.stats("nope").await), Some(Code::NOT_FOUND));
+}
+
+#[tokio::test]
+async fn an_oom_kill_is_published_before_the_exit_and_only_once() {
+    let mut w = world();
+    w.running("c1").await;
+    *w.guest.oom_kills.lock().unwrap() = 1;
+    w.shim.exec(&w.exec_req("c1", "e1")).await.unwrap();
+    w.shim.start("c1", "e1").await.unwrap();
+    w.guest.exit("c1", "e1", 137);
+    tokio::time::timeout(LONG, w.shim.wait("c1", "e1"))
+        .await
+        .unwrap()
+        .unwrap();
+    // The same count again at the init's exit is no new OOM kill.
+    w.guest.exit("c1", "", 137);
+    tokio::time::timeout(LONG, w.shim.wait("c1", ""))
+        .await
+        .unwrap()
+        .unwrap();
+    let topics = w.events.topics().await;
+    let ooms: Vec<usize> = (0..topics.len())
+        .filter(|i| topics[*i] == TASK_OOM_EVENT_TOPIC)
+        .collect();
+    let first_exit = topics.iter().position(|t| *t == TASK_EXIT_EVENT_TOPIC);
+    assert_eq!(ooms.len(), 1, "{topics:?}");
+    assert!(Some(ooms[0]) < first_exit, "{topics:?}");
+}
+
+#[tokio::test]
+async fn update_passes_checked_resources_to_the_guest() {
+    let w = world();
+    w.running("c1").await;
+    let mut any = Any::new();
+    any.value = br#"{"memory":{"limit":67108864}}"#.to_vec();
+    w.shim.update("c1", Some(&any)).await.unwrap();
+    assert_eq!(
+        w.guest.called(r#"update c1 {"memory":{"limit":67108864}}"#),
+        1
+    );
+    any.value = b"{not json".to_vec();
+    assert_eq!(
+        code(w.shim.update("c1", Some(&any)).await),
+        Some(Code::INVALID_ARGUMENT)
+    );
+    any.value = vec![b' '; 65 * 1024];
+    assert_eq!(
+        code(w.shim.update("c1", Some(&any)).await),
+        Some(Code::INVALID_ARGUMENT)
+    );
+    assert_eq!(
+        code(w.shim.update("nope", None).await),
+        Some(Code::NOT_FOUND)
+    );
 }

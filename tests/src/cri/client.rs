@@ -14,11 +14,12 @@ use k8s_cri::v1::{
     Container, ContainerConfig, ContainerFilter, ContainerStats, ContainerStatsFilter,
     ContainerStatsRequest, ContainerStatus, ContainerStatusRequest, CreateContainerRequest,
     ExecRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec, ImageStatusRequest,
-    ListContainerStatsRequest, ListContainersRequest, ListPodSandboxRequest, PodSandbox,
-    PodSandboxConfig, PodSandboxFilter, PodSandboxStats, PodSandboxStatsRequest,
-    PodSandboxStatusRequest, PodSandboxStatusResponse, PortForwardRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest, VersionRequest, VersionResponse,
+    LinuxContainerResources, ListContainerStatsRequest, ListContainersRequest,
+    ListPodSandboxRequest, PodSandbox, PodSandboxConfig, PodSandboxFilter, PodSandboxStats,
+    PodSandboxStatsRequest, PodSandboxStatusRequest, PodSandboxStatusResponse, PortForwardRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
+    VersionResponse,
 };
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
@@ -321,6 +322,24 @@ impl CriClient {
             call: "ContainerStatus",
             field: "status",
         })
+    }
+
+    /// `UpdateContainerResources`.
+    pub fn update_container_resources(
+        &self,
+        id: &str,
+        resources: LinuxContainerResources,
+    ) -> CriResult<()> {
+        let mut c = self.runtime.clone();
+        let req = UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(resources),
+            ..Default::default()
+        };
+        self.call("UpdateContainerResources", LIFECYCLE_TIMEOUT, async move {
+            c.update_container_resources(req).await
+        })
+        .map(drop)
     }
 
     /// `ContainerStats`.

@@ -313,7 +313,8 @@ impl Pod {
                 .agent
                 .wait_process(cid, exec_id)
                 .await
-                .context("WaitProcess")?;
+                .context("WaitProcess")?
+                .status;
             anyhow::Ok((status, String::from_utf8_lossy(&out).into_owned()))
         })
         .await;
