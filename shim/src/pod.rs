@@ -190,7 +190,7 @@ impl Pod {
             Err(source) => return Err(Self::failed_vm(vm, source, log).await),
         };
         let ready = started.elapsed();
-        if let Err(source) = set_up_guest(&agent, id, hostname, interfaces).await {
+        if let Err(source) = set_up_guest(&agent, id, hostname, size, interfaces).await {
             return Err(Self::failed_vm(vm, source, log).await);
         }
         if let Some(network) = host.network.lock().await.as_mut() {
@@ -351,9 +351,12 @@ pub async fn set_up_guest(
     agent: &AgentClient,
     id: &str,
     hostname: &str,
+    size: &PodSize,
     interfaces: Vec<husk_protocol::agent::Interface>,
 ) -> Result<(), AgentError> {
-    agent.create_sandbox(id, hostname, SHARED_FS_TAG).await?;
+    agent
+        .create_sandbox(id, hostname, SHARED_FS_TAG, size.guest_resources())
+        .await?;
     if !interfaces.is_empty() {
         agent.configure_network(interfaces).await?;
     }

@@ -23,6 +23,39 @@ pub struct PodSize {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub source: &'static str,
+    /// The pod's own limits, which the guest enforces over all its containers.
+    pub limits: PodLimits,
+}
+
+/// The pod-level limits of the sandbox annotations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodLimits {
+    /// CFS quota and period, both in microseconds.
+    pub cpu: Option<(u64, u64)>,
+    pub memory_bytes: Option<u64>,
+}
+
+impl PodSize {
+    /// The pod limits as an OCI `linux.resources` object (JSON) for the guest; empty
+    /// without limits.
+    pub fn guest_resources(&self) -> Vec<u8> {
+        let mut resources = serde_json::Map::new();
+        if let Some((quota, period)) = self.limits.cpu {
+            resources.insert(
+                "cpu".into(),
+                serde_json::json!({ "quota": quota, "period": period }),
+            );
+        }
+        if let Some(limit) = self.limits.memory_bytes {
+            resources.insert("memory".into(), serde_json::json!({ "limit": limit }));
+        }
+        if resources.is_empty() {
+            return Vec::new();
+        }
+        serde_json::Value::Object(resources)
+            .to_string()
+            .into_bytes()
+    }
 }
 
 /// Sizes the VM: limits + overhead when the pod has limits, else the configured defaults.
@@ -38,15 +71,15 @@ pub fn pod_size(
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|v| *v > 0)
     };
-    let cpus = match (number(CPU_QUOTA_ANNOTATION), number(CPU_PERIOD_ANNOTATION)) {
-        // Ceiling: a pod limited to 1.5 CPUs needs 2 vCPUs to use them.
-        (Some(quota), Some(period)) => {
-            Some(u32::try_from(quota.div_ceil(period)).unwrap_or(u32::MAX))
-        }
+    let cpu_limit = match (number(CPU_QUOTA_ANNOTATION), number(CPU_PERIOD_ANNOTATION)) {
+        (Some(quota), Some(period)) => Some((quota, period)),
         _ => None,
     };
-    let memory = number(MEMORY_ANNOTATION)
-        .map(|bytes| u32::try_from(bytes.div_ceil(MIB)).unwrap_or(u32::MAX));
+    // Ceiling: a pod limited to 1.5 CPUs needs 2 vCPUs to use them.
+    let cpus =
+        cpu_limit.map(|(quota, period)| u32::try_from(quota.div_ceil(period)).unwrap_or(u32::MAX));
+    let memory_bytes = number(MEMORY_ANNOTATION);
+    let memory = memory_bytes.map(|bytes| u32::try_from(bytes.div_ceil(MIB)).unwrap_or(u32::MAX));
     let cap_cpus = |v: u32| v.clamp(1, host_cpus.clamp(1, MAX_VCPUS));
     let source = if cpus.is_some() || memory.is_some() {
         "pod limits + overhead"
@@ -61,6 +94,10 @@ pub fn pod_size(
             })
             .max(MIN_MEMORY_MIB),
         source,
+        limits: PodLimits {
+            cpu: cpu_limit,
+            memory_bytes,
+        },
     }
 }
 
@@ -107,6 +144,15 @@ mod tests {
         ]);
         let s = pod_size(&a, &config(), 8);
         assert_eq!((s.vcpus, s.memory_mib), (3, 512 + 128));
+        // The guest holds the pod to its limits, not to the VM's size.
+        let resources: serde_json::Value = serde_json::from_slice(&s.guest_resources()).unwrap();
+        assert_eq!(
+            resources,
+            serde_json::json!({
+                "cpu": { "quota": 150000, "period": 100000 },
+                "memory": { "limit": 536870912 }
+            })
+        );
     }
 
     #[test]
@@ -131,6 +177,8 @@ mod tests {
             (CPU_QUOTA_ANNOTATION, "-1"),
             (MEMORY_ANNOTATION, "lots"),
         ]);
-        assert_eq!(pod_size(&a, &config(), 8).source, "defaults");
+        let s = pod_size(&a, &config(), 8);
+        assert_eq!(s.source, "defaults");
+        assert!(s.guest_resources().is_empty());
     }
 }

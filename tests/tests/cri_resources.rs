@@ -106,8 +106,33 @@ fn resources(flavour: ContainerdFlavour) -> Result<()> {
     }
 
     stop_and_remove_pod(&w, &pod)?;
+    pod_limit_holds(&w)?;
     w.finish()?;
     Ok(())
+}
+
+/// A pod limited to 48 MiB (its VM has that plus 128 MiB for the guest): a container
+/// without a limit of its own that takes 64 MiB, which the VM has room for, is OOM-killed
+/// by the pod's limit.
+fn pod_limit_holds(w: &CriWorld) -> Result<()> {
+    let c = w.client();
+    let pod_cfg = specs::with_resources(w.pod_config("pod-limit")?, 100_000, 100_000, 48 * MIB);
+    let pod = w.run_pod_with(&pod_cfg)?;
+    let cfg = specs::container_config(
+        "unlimited",
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+    );
+    let hog = w.create_container(&pod, &cfg, &pod_cfg)?;
+    c.start_container(&hog)?;
+    let status = wait_exited(c, &hog, Duration::from_secs(60))?;
+    ensure!(
+        status.reason == "OOMKilled" && status.exit_code == 137,
+        "a container taking more than its pod's memory limit ended with reason {:?}, exit {}",
+        status.reason,
+        status.exit_code
+    );
+    c.remove_container(&hog)?;
+    stop_and_remove_pod(w, &pod)
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub mod freezer;
 pub mod ids;
 pub mod layout;
 mod lifecycle;
+mod pod_limits;
 mod record;
 pub mod spec;
 pub mod stats;

@@ -123,6 +123,8 @@ impl Agent for AgentService {
             .await
             .map_err(|e| rpc_error(Code::INTERNAL, e))?;
         logged(&self.log, "CreateSandbox", created)?;
+        let limited = self.containers.limit_pod(&req.pod_resources).await;
+        logged(&self.log, "CreateSandbox", limited)?;
         Ok(Empty::new())
     }
 

@@ -131,8 +131,10 @@ impl Agent for AgentClient {
         sandbox_id: &str,
         hostname: &str,
         tag: &str,
+        pod_resources: Vec<u8>,
     ) -> Result<(), AgentError> {
         let mut req = CreateSandboxRequest::new();
+        req.pod_resources = pod_resources;
         req.sandbox_id = sandbox_id.to_string();
         req.hostname = hostname.to_string();
         req.shared_fs_tag = tag.to_string();

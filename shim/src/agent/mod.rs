@@ -23,6 +23,7 @@ pub trait Agent: Send + Sync {
         sandbox_id: &str,
         hostname: &str,
         tag: &str,
+        pod_resources: Vec<u8>,
     ) -> Result<(), AgentError>;
     async fn destroy_sandbox(&self) -> Result<(), AgentError>;
     /// Hands the pod's network interfaces to the guest.

@@ -153,7 +153,13 @@ pub struct FakeAgent(pub Arc<Guest>);
 
 #[async_trait]
 impl Agent for FakeAgent {
-    async fn create_sandbox(&self, id: &str, _: &str, _: &str) -> Result<(), AgentError> {
+    async fn create_sandbox(
+        &self,
+        id: &str,
+        _: &str,
+        _: &str,
+        _: Vec<u8>,
+    ) -> Result<(), AgentError> {
         self.0.record(format!("create_sandbox {id}"));
         self.0.check("create_sandbox")
     }

@@ -118,14 +118,14 @@ impl Pod {
             None => None,
         };
         let started = Instant::now();
+        let host_cpus = std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+        let size = pod_size(&HashMap::new(), &b.config.hypervisor, host_cpus);
         let launched = async {
             let net = match &network {
                 Some(n) => n.vm_devices().context("duplicating the taps")?,
                 None => Vec::new(),
             };
-            let host_cpus = std::thread::available_parallelism()
-                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
-            let size = pod_size(&HashMap::new(), &b.config.hypervisor, host_cpus);
             let spec = husk_shim::pod::vm_spec(id, &dir, &b.config, &size, net);
             b.vmm
                 .launch(&spec, &b.log)
@@ -157,7 +157,7 @@ impl Pod {
                 .flat_map(PodNetwork::interfaces)
                 .map(|i| i.to_agent())
                 .collect();
-            husk_shim::pod::set_up_guest(&agent, id, HOSTNAME, interfaces)
+            husk_shim::pod::set_up_guest(&agent, id, HOSTNAME, &size, interfaces)
                 .await
                 .context("setting up the guest (CreateSandbox, ConfigureNetwork)")?;
             anyhow::Ok((agent, check, agent_ready))

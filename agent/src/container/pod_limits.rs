@@ -1,0 +1,68 @@
+//! The pod's own limits on the cgroup above every container (`/husk`), as kubelet's pod
+//! cgroup holds them on a host: the containers together cannot use more than the pod may,
+//! whatever the VM's size (which adds room for the guest kernel and agent).
+
+use std::path::Path;
+
+use libcgroups::common::{CgroupConfig, CgroupManager, ControllerOpt, create_cgroup_manager};
+
+use super::spec::{self, CGROUP_PARENT};
+use super::update::MAX_RESOURCES_JSON;
+use super::{ContainerError, Containers};
+
+const CONTROLLERS_FILE: &str = "cgroup.controllers";
+const SUBTREE_CONTROL_FILE: &str = "cgroup.subtree_control";
+
+impl Containers {
+    /// Applies the pod limits `resources_json` (OCI `linux.resources`); empty: none.
+    pub async fn limit_pod(&self, resources_json: &[u8]) -> Result<(), ContainerError> {
+        if resources_json.is_empty() {
+            return Ok(());
+        }
+        let resources = spec::parse_resources(resources_json, MAX_RESOURCES_JSON)?;
+        let root = self.layout().cgroup_root.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            create_pod_cgroup(&root)?;
+            let manager = create_cgroup_manager(CgroupConfig {
+                cgroup_path: Path::new("/").join(CGROUP_PARENT),
+                systemd_cgroup: false,
+                container_name: CGROUP_PARENT.to_owned(),
+            })
+            .map_err(|e| ContainerError::Update(e.into()))?;
+            manager
+                .apply(&ControllerOpt {
+                    resources: &resources,
+                    disable_oom_killer: false,
+                    oom_score_adj: None,
+                    freezer_state: None,
+                })
+                .map_err(|e| ContainerError::Update(e.into()))
+        });
+        applied.await??;
+        slog::info!(self.log, "pod limits applied"; "limits" => String::from_utf8_lossy(resources_json).into_owned());
+        Ok(())
+    }
+}
+
+/// `/husk` with every controller the guest kernel has enabled for it.
+fn create_pod_cgroup(root: &Path) -> Result<(), ContainerError> {
+    let io = |what: String| move |source| ContainerError::Io { what, source };
+    let controllers = std::fs::read_to_string(root.join(CONTROLLERS_FILE)).map_err(io(format!(
+        "reading {}",
+        root.join(CONTROLLERS_FILE).display()
+    )))?;
+    let subtree = root.join(SUBTREE_CONTROL_FILE);
+    for controller in controllers.split_whitespace() {
+        std::fs::write(&subtree, format!("+{controller}")).map_err(io(format!(
+            "enabling {controller} in {}",
+            subtree.display()
+        )))?;
+    }
+    let dir = root.join(CGROUP_PARENT);
+    match std::fs::create_dir(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(io(format!("creating {}", dir.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
