@@ -11,15 +11,15 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    Container, ContainerConfig, ContainerFilter, ContainerStats, ContainerStatsFilter,
-    ContainerStatsRequest, ContainerStatus, ContainerStatusRequest, CreateContainerRequest,
-    ExecRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec, ImageStatusRequest,
-    LinuxContainerResources, ListContainerStatsRequest, ListContainersRequest,
+    AttachRequest, Container, ContainerConfig, ContainerFilter, ContainerStats,
+    ContainerStatsFilter, ContainerStatsRequest, ContainerStatus, ContainerStatusRequest,
+    CreateContainerRequest, ExecRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec,
+    ImageStatusRequest, LinuxContainerResources, ListContainerStatsRequest, ListContainersRequest,
     ListPodSandboxRequest, PodSandbox, PodSandboxConfig, PodSandboxFilter, PodSandboxStats,
     PodSandboxStatsRequest, PodSandboxStatusRequest, PodSandboxStatusResponse, PortForwardRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
-    VersionResponse,
+    RemoveContainerRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    UpdateContainerResourcesRequest, VersionRequest, VersionResponse,
 };
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
@@ -322,6 +322,26 @@ impl CriClient {
             call: "ContainerStatus",
             field: "status",
         })
+    }
+
+    /// `Attach`: the streaming URL on containerd's stream server.
+    pub fn attach(&self, req: &AttachRequest) -> CriResult<String> {
+        let mut c = self.runtime.clone();
+        let req = req.clone();
+        let r = self.call("Attach", QUERY_TIMEOUT, async move { c.attach(req).await })?;
+        Ok(r.url)
+    }
+
+    /// `ReopenContainerLog`.
+    pub fn reopen_container_log(&self, id: &str) -> CriResult<()> {
+        let mut c = self.runtime.clone();
+        let req = ReopenContainerLogRequest {
+            container_id: id.into(),
+        };
+        self.call("ReopenContainerLog", QUERY_TIMEOUT, async move {
+            c.reopen_container_log(req).await
+        })
+        .map(drop)
     }
 
     /// `UpdateContainerResources`.
