@@ -2,10 +2,14 @@
 //!
 //! Output: stream → fifo until the agent closes the stream (the process side hit EOF); the
 //! caller waits for that before it reports the exit, so nothing the process wrote is lost.
-//! If containerd's reader goes away the stream is still drained, so the guest never blocks
-//! on a dead reader. Input: fifo → stream until the client closes its end or sends CloseIO
+//! Like the runc shim, the shim holds a read end of each output fifo of its own, which it
+//! never reads, until the process is deleted: when containerd goes away (a restart), writes
+//! do not fail, the fifo keeps what the process writes meanwhile (once it is full the
+//! process waits, as under runc), and the restarted containerd, opening the fifo again,
+//! gets all of it — also what was written before an exit it missed. Input: fifo → stream until the client closes its end or sends CloseIO
 //! (which first delivers what is still in the fifo), then the stream is half-closed.
 
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -121,6 +125,8 @@ impl Drop for OutputPumps {
 pub struct ProcessIo {
     pub stdin: Option<StdinPump>,
     pub outputs: OutputPumps,
+    /// The shim's own read ends of the output fifos: kept until the process is deleted.
+    pub held_readers: Vec<File>,
 }
 
 impl ProcessIo {
@@ -142,6 +148,7 @@ impl ProcessIo {
         let mut io = ProcessIo {
             stdin: None,
             outputs: OutputPumps::default(),
+            held_readers: Vec::new(),
         };
         if want.stdin {
             let fifo = open_input_fifo(&paths.stdin)?;
@@ -160,7 +167,8 @@ impl ProcessIo {
             if !enabled {
                 continue;
             }
-            let fifo = open_output_fifo(path)?;
+            let (fifo, held_reader) = open_output_fifo(path)?;
+            io.held_readers.push(held_reader);
             let stream = agent.open_stream(&header(kind)).await?;
             let log = log.new(slog::o!("stream" => format!("{kind:?}")));
             io.outputs
@@ -188,18 +196,18 @@ fn open_input_fifo(path: &str) -> Result<pipe::Receiver, StdioError> {
         .map_err(fifo_err(path))
 }
 
-/// Write-only, so a vanished reader shows up as EPIPE. containerd opens its read end before
-/// it calls Create; holding a read end of our own for the open itself keeps the open from
-/// failing (ENXIO) should the reader be slow.
-fn open_output_fifo(path: &str) -> Result<pipe::Sender, StdioError> {
-    let _guard = std::fs::OpenOptions::new()
+/// The write end, and the read end the shim holds (see the module docs). The read end is
+/// opened first, so the write-only open never fails (ENXIO) however slow containerd is.
+fn open_output_fifo(path: &str) -> Result<(pipe::Sender, File), StdioError> {
+    let held_reader = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(Path::new(path))
         .map_err(fifo_err(path))?;
-    pipe::OpenOptions::new()
+    let writer = pipe::OpenOptions::new()
         .open_sender(path)
-        .map_err(fifo_err(path))
+        .map_err(fifo_err(path))?;
+    Ok((writer, held_reader))
 }
 
 async fn pump_output(mut stream: UnixStream, mut fifo: pipe::Sender, log: Logger) {
@@ -218,8 +226,9 @@ async fn pump_output(mut stream: UnixStream, mut fifo: pipe::Sender, log: Logger
         total += n as u64;
         if !reader_gone {
             if let Err(e) = fifo.write_all(&buf[..n]).await {
-                // Keep draining so the guest process is never blocked by a dead reader.
-                debug!(log, "fifo reader gone; discarding further output"; "error" => %e);
+                // Not a missing reader (the shim holds one): the fifo itself failed. Keep
+                // draining so the guest process is not blocked by it.
+                debug!(log, "writing the fifo failed; discarding further output"; "error" => %e);
                 reader_gone = true;
             }
         }
@@ -287,7 +296,7 @@ mod tests {
         let path = d.path().join("out");
         nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
         let mut reader = pipe::OpenOptions::new().open_receiver(&path).unwrap();
-        let fifo = open_output_fifo(path.to_str().unwrap()).unwrap();
+        let (fifo, _held_reader) = open_output_fifo(path.to_str().unwrap()).unwrap();
         let (mut guest, host) = UnixStream::pair().unwrap();
         let pump = tokio::spawn(pump_output(host, fifo, log()));
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -303,19 +312,35 @@ mod tests {
         assert_eq!(got, expected);
     }
 
+    /// containerd restarting: its reader goes, output written meanwhile (even up to the
+    /// process's end) waits in the fifo, and the next reader gets it, with nothing lost.
     #[tokio::test]
-    async fn output_is_drained_after_reader_leaves() {
+    async fn output_written_while_the_reader_is_away_reaches_the_next_reader() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("out");
         nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
-        let reader = pipe::OpenOptions::new().open_receiver(&path).unwrap();
-        let fifo = open_output_fifo(path.to_str().unwrap()).unwrap();
-        drop(reader);
+        let mut first = pipe::OpenOptions::new().open_receiver(&path).unwrap();
+        let (fifo, held_reader) = open_output_fifo(path.to_str().unwrap()).unwrap();
         let (mut guest, host) = UnixStream::pair().unwrap();
         let pump = tokio::spawn(pump_output(host, fifo, log()));
-        guest.write_all(&vec![7u8; 4 * COPY_BUFFER]).await.unwrap();
+        guest.write_all(b"before ").await.unwrap();
+        let mut got = [0u8; 7];
+        first.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"before ");
+        drop(first);
+        guest.write_all(b"while away").await.unwrap();
         guest.shutdown().await.unwrap();
         pump.await.unwrap();
+        // (A plain non-blocking read: no writer is left to wake an async one.)
+        let mut next = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        drop(held_reader);
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut next, &mut rest).unwrap();
+        assert_eq!(rest, b"while away");
     }
 
     #[tokio::test]

@@ -29,6 +29,8 @@ pub struct Process {
     status: watch::Sender<Status>,
     stdin: Mutex<Option<StdinPump>>,
     outputs: Mutex<Option<OutputPumps>>,
+    /// The shim's read ends of the output fifos (see `stdio`), until the process is deleted.
+    held_readers: Mutex<Vec<std::fs::File>>,
 }
 
 impl Process {
@@ -42,6 +44,7 @@ impl Process {
             status: watch::channel(Status::Created).0,
             stdin: Mutex::new(None),
             outputs: Mutex::new(None),
+            held_readers: Mutex::new(Vec::new()),
         }
     }
 
@@ -119,6 +122,9 @@ impl Process {
         if let Ok(mut slot) = self.outputs.lock() {
             *slot = Some(io.outputs);
         }
+        if let Ok(mut slot) = self.held_readers.lock() {
+            *slot = io.held_readers;
+        }
     }
 
     pub fn take_stdin(&self) -> Option<StdinPump> {
@@ -130,10 +136,13 @@ impl Process {
         self.outputs.lock().ok().and_then(|mut slot| slot.take())
     }
 
-    /// Stops every pump of this process at once.
+    /// Stops every pump of this process at once and lets go of its fifos.
     pub fn abort_io(&self) {
         drop(self.take_stdin());
         drop(self.take_outputs());
+        if let Ok(mut held) = self.held_readers.lock() {
+            held.clear();
+        }
     }
 }
 

@@ -165,6 +165,9 @@ pub struct ContainerdOptions {
 #[derive(Debug)]
 pub struct Containerd {
     child: Option<Child>,
+    /// How to start it (again, for [`Containerd::restart`]).
+    command: Vec<(String, PathBuf)>,
+    env: Vec<(&'static str, std::ffi::OsString)>,
     address: PathBuf,
     log: PathBuf,
     flavour: ContainerdFlavour,
@@ -239,33 +242,55 @@ impl Containerd {
         }
         fs::write(&config, config_text(&root, &state, &address, dir, opts))
             .map_err(setup_err(&config))?;
-        let out = File::create(&log).map_err(setup_err(&log))?;
-        let err = out.try_clone().map_err(setup_err(&log))?;
+        File::create(&log).map_err(setup_err(&log))?;
 
-        let mut cmd = Command::new(&binaries.containerd);
-        cmd.arg("--root")
-            .arg(&root)
-            .arg("--state")
-            .arg(&state)
-            .arg("--address")
-            .arg(&address)
-            .arg("--config")
-            .arg(&config)
-            .env(MARKER_ENV, dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        let command = vec![
+            ("--root".to_owned(), root),
+            ("--state".to_owned(), state),
+            ("--address".to_owned(), address.clone()),
+            ("--config".to_owned(), config),
+        ];
+        let mut env = vec![(MARKER_ENV, dir.as_os_str().to_owned())];
         if let Some(shim_dir) = &opts.shim_dir {
             let path = std::env::var_os("PATH").unwrap_or_default();
             let mut paths = vec![shim_dir.clone()];
             paths.extend(std::env::split_paths(&path));
             if let Ok(joined) = std::env::join_paths(paths) {
-                cmd.env("PATH", joined);
+                env.push(("PATH", joined));
             }
         }
         if let Some(cfg) = &opts.husk_config {
-            cmd.env(CONFIG_ENV, cfg);
+            env.push((CONFIG_ENV, cfg.as_os_str().to_owned()));
         }
+        let mut me = Self {
+            child: None,
+            command,
+            env,
+            address,
+            log,
+            flavour: opts.flavour,
+            binaries,
+            version,
+        };
+        me.spawn()?;
+        Ok(me)
+    }
+
+    /// Starts the daemon (its output appended to the log) and waits until it serves.
+    fn spawn(&mut self) -> Result<(), ContainerdError> {
+        let out = File::options()
+            .append(true)
+            .open(&self.log)
+            .map_err(setup_err(&self.log))?;
+        let err = out.try_clone().map_err(setup_err(&self.log))?;
+        let mut cmd = Command::new(&self.binaries.containerd);
+        for (flag, value) in &self.command {
+            cmd.arg(flag).arg(value);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
         // SAFETY: the closure runs in the forked child before exec and only calls
         // prctl(2), which is async-signal-safe; it touches no memory of the parent.
         unsafe {
@@ -278,19 +303,20 @@ impl Containerd {
             });
         }
         let child = cmd.spawn().map_err(|source| ContainerdError::Spawn {
-            binary: binaries.containerd.clone(),
+            binary: self.binaries.containerd.clone(),
             source,
         })?;
-        let mut me = Self {
-            child: Some(child),
-            address,
-            log,
-            flavour: opts.flavour,
-            binaries,
-            version,
-        };
-        me.wait_ready()?;
-        Ok(me)
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    /// Stops the daemon as a node's service manager restarts it (SIGTERM; the shims and
+    /// their containers keep running) and starts it again on the same state.
+    /// It stays down for `down_for`.
+    pub fn restart(&mut self, down_for: Duration) -> Result<(), ContainerdError> {
+        self.stop()?;
+        thread::sleep(down_for);
+        self.spawn()
     }
 
     fn wait_ready(&mut self) -> Result<(), ContainerdError> {

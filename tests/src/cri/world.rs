@@ -52,6 +52,9 @@ struct Tracked {
     netns: Vec<PathBuf>,
 }
 
+/// How long CRI may take to reload its state after containerd restarts.
+const CRI_RELOAD: Duration = Duration::from_secs(30);
+
 /// A running CRI test world; call [`CriWorld::finish`] at the end of a passing test.
 #[derive(Debug)]
 pub struct CriWorld {
@@ -202,6 +205,26 @@ impl CriWorld {
     /// The CRI client.
     pub fn client(&self) -> &CriClient {
         &self.client
+    }
+
+    /// Restarts containerd ([`Containerd::restart`]), down for `down_for`, and reconnects.
+    pub fn restart_containerd(&mut self, down_for: Duration) -> Result<()> {
+        self.containerd.restart(down_for)?;
+        if let Some(pid) = self.containerd.pid() {
+            self.leaks.exclude_pid(pid);
+        }
+        self.client = CriClient::connect(self.containerd.address())?;
+        // CRI answers "not initialized yet" while it reloads its state.
+        let start = Instant::now();
+        loop {
+            match self.client.version() {
+                Ok(_) => return Ok(()),
+                Err(e) if start.elapsed() > CRI_RELOAD => {
+                    return Err(e).context("CRI is not serving after the restart");
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// The private containerd (its log holds the shims' messages too).
