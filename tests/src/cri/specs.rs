@@ -67,9 +67,34 @@ pub fn with_resources(
     pod
 }
 
+/// What kubelet masks in every container that is not privileged (its default `procMount`;
+/// containerd relies on kubelet sending them).
+pub const KUBELET_MASKED_PATHS: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+/// What kubelet makes read-only likewise.
+pub const KUBELET_READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
 /// A busybox container `name` running `args` (as `command`), logging to `<name>.log` in
 /// the pod's log directory. Like kubelet, it repeats the pod's namespace options (an
-/// unset PID mode would mean POD: one PID namespace for the whole pod).
+/// unset PID mode would mean POD: one PID namespace for the whole pod) and sends its
+/// default masked and read-only paths.
 pub fn container_config(name: &str, args: &[&str]) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -86,6 +111,8 @@ pub fn container_config(name: &str, args: &[&str]) -> ContainerConfig {
         linux: Some(LinuxContainerConfig {
             security_context: Some(LinuxContainerSecurityContext {
                 namespace_options: Some(namespaces(NamespaceMode::Pod)),
+                masked_paths: KUBELET_MASKED_PATHS.map(str::to_owned).to_vec(),
+                readonly_paths: KUBELET_READONLY_PATHS.map(str::to_owned).to_vec(),
                 ..Default::default()
             }),
             ..Default::default()
