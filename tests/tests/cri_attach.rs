@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use cri_common::{stop_and_remove_container, stop_and_remove_pod, wait_until};
+use cri_common::{log_messages, stop_and_remove_container, stop_and_remove_pod, wait_until};
 use husk_tests::ContainerdFlavour;
 use husk_tests::cri::exec_stream::ExecStream;
 use husk_tests::cri::{CriWorld, specs};
@@ -21,15 +21,6 @@ fn with_stdin(mut cfg: ContainerConfig, tty: bool) -> ContainerConfig {
     cfg.stdin = true;
     cfg.tty = tty;
     cfg
-}
-
-/// The message lines (CRI log format: `<time> <stream> <tag> <message>`) of a log file.
-fn log_messages(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.splitn(4, ' ').nth(3).map(str::to_owned))
-        .collect()
 }
 
 fn attach(w: &CriWorld, pod: &str, pod_cfg: &PodSandboxConfig) -> Result<()> {

@@ -9,7 +9,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use cri_common::{exec_ok, running, stop_and_remove_container, stop_and_remove_pod, wait_until};
+use cri_common::{
+    exec_ok, log_messages as lines, running, stop_and_remove_container, stop_and_remove_pod,
+    wait_until,
+};
 use husk_tests::ContainerdFlavour;
 use husk_tests::cri::CriWorld;
 use k8s_cri::v1::PodSandboxState;
@@ -17,15 +20,6 @@ use k8s_cri::v1::PodSandboxState;
 /// How long containerd stays down: the ticker writes about 20 lines meanwhile.
 const DOWN_FOR: Duration = Duration::from_secs(2);
 const BOUND: Duration = Duration::from_secs(60);
-
-/// The `lineN` messages of a CRI log file.
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.splitn(4, ' ').nth(3).map(str::to_owned))
-        .collect()
-}
 
 fn restart(flavour: ContainerdFlavour) -> Result<()> {
     let mut w = CriWorld::start("cri-restart", flavour)?;

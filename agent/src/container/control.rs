@@ -2,33 +2,16 @@
 
 use std::time::Duration;
 
-use super::record::{Phase, Slot};
+use super::record;
 use super::{ContainerError, Containers, freezer, stats};
 
 /// How long a pause or resume may take before it is given up (and a pause undone).
 pub const FREEZE_WAIT: Duration = Duration::from_secs(5);
 
 impl Containers {
-    /// A container that was started and whose init still runs.
-    fn require_started(&self, id: &str) -> Result<(), ContainerError> {
-        let slots = self.slots();
-        let container = match slots.get(id) {
-            None => return Err(ContainerError::NotFound(id.to_owned())),
-            Some(Slot::Reserved) => return Err(ContainerError::Busy(id.to_owned())),
-            Some(Slot::Ready(c)) => c,
-        };
-        if container.phase != Phase::Started {
-            return Err(ContainerError::NotStarted(id.to_owned()));
-        }
-        if container.init.exit_status().is_some() {
-            return Err(ContainerError::Stopped(id.to_owned()));
-        }
-        Ok(())
-    }
-
     /// Freezes (`paused`) or thaws every process of the container.
     pub async fn set_paused(&self, id: &str, paused: bool) -> Result<(), ContainerError> {
-        self.require_started(id)?;
+        record::ready(&mut self.slots(), id)?.require_running(id)?;
         let dir = self.layout.cgroup_dir(id);
         tokio::task::spawn_blocking(move || freezer::set_frozen(&dir, paused, FREEZE_WAIT))
             .await??;

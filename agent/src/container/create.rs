@@ -9,8 +9,8 @@ use std::time::Instant;
 use oci_spec::runtime::Spec;
 use slog::{Logger, debug};
 
-use super::record::{Container, ExecSlot, Phase, Process, Slot};
-use super::{ContainerError, Containers, cgroup, ids, spec, sysctl};
+use super::record::{Container, ExecSlot, Process, Slot};
+use super::{ContainerError, Containers, cgroup, ids, record, spec, sysctl};
 use crate::helper::{HelperOutcome, HelperRequest, Operation, PassedStdio};
 use crate::stdio::{self, ContainerStdio, StdioRequest};
 
@@ -174,17 +174,8 @@ impl Containers {
 
     fn reserve_exec(&self, id: &str, exec_id: &str) -> Result<(), ContainerError> {
         let mut slots = self.slots();
-        let container = match slots.get_mut(id) {
-            None => return Err(ContainerError::NotFound(id.to_owned())),
-            Some(Slot::Reserved) => return Err(ContainerError::Busy(id.to_owned())),
-            Some(Slot::Ready(c)) => c,
-        };
-        if container.phase != Phase::Started {
-            return Err(ContainerError::NotStarted(id.to_owned()));
-        }
-        if container.init.exit_status().is_some() {
-            return Err(ContainerError::Stopped(id.to_owned()));
-        }
+        let container = record::ready(&mut slots, id)?;
+        container.require_running(id)?;
         if container.execs.contains_key(exec_id) {
             return Err(ContainerError::ExecAlreadyExists {
                 container_id: id.to_owned(),

@@ -8,7 +8,7 @@ use libcontainer::error::LibcontainerError;
 use slog::{debug, warn};
 
 use super::record::{ExecSlot, Phase, Process, Slot};
-use super::{ContainerError, Containers, cgroup};
+use super::{ContainerError, Containers, cgroup, record};
 
 /// RemoveContainer waits this long for the killed processes to exit.
 pub const REMOVE_WAIT: Duration = Duration::from_secs(10);
@@ -18,12 +18,8 @@ const MAX_SIGNAL: u32 = 64;
 impl Containers {
     /// Finds a process: the init when `exec_id` is empty.
     pub fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>, ContainerError> {
-        let slots = self.slots();
-        let container = match slots.get(id) {
-            None => return Err(ContainerError::NotFound(id.to_owned())),
-            Some(Slot::Reserved) => return Err(ContainerError::Busy(id.to_owned())),
-            Some(Slot::Ready(c)) => c,
-        };
+        let mut slots = self.slots();
+        let container = record::ready(&mut slots, id)?;
         if exec_id.is_empty() {
             return Ok(Arc::clone(&container.init));
         }
@@ -40,11 +36,7 @@ impl Containers {
     pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
         {
             let mut slots = self.slots();
-            let container = match slots.get_mut(id) {
-                None => return Err(ContainerError::NotFound(id.to_owned())),
-                Some(Slot::Reserved) => return Err(ContainerError::Busy(id.to_owned())),
-                Some(Slot::Ready(c)) => c,
-            };
+            let container = record::ready(&mut slots, id)?;
             if container.phase != Phase::Created {
                 return Err(ContainerError::AlreadyStarted(id.to_owned()));
             }

@@ -39,7 +39,31 @@ pub enum ExecSlot {
     },
 }
 
+/// The fully created container `id` of `slots`: NotFound or Busy (still being created)
+/// otherwise.
+pub fn ready<'a>(
+    slots: &'a mut HashMap<String, Slot>,
+    id: &str,
+) -> Result<&'a mut Container, ContainerError> {
+    match slots.get_mut(id) {
+        None => Err(ContainerError::NotFound(id.to_owned())),
+        Some(Slot::Reserved) => Err(ContainerError::Busy(id.to_owned())),
+        Some(Slot::Ready(c)) => Ok(c),
+    }
+}
+
 impl Container {
+    /// A container that was started and whose init still runs (`id` names it in errors).
+    pub fn require_running(&self, id: &str) -> Result<(), ContainerError> {
+        if self.phase != Phase::Started {
+            return Err(ContainerError::NotStarted(id.to_owned()));
+        }
+        if self.init.exit_status().is_some() {
+            return Err(ContainerError::Stopped(id.to_owned()));
+        }
+        Ok(())
+    }
+
     pub fn new(init: Process) -> Self {
         Self {
             phase: Phase::Created,

@@ -28,6 +28,16 @@ pub fn wait_until(
     Ok(start.elapsed())
 }
 
+/// The messages of a CRI log file (lines `<time> <stream> <tag> <message>`); none if the
+/// file cannot be read (yet).
+pub fn log_messages(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3).map(str::to_owned))
+        .collect()
+}
+
 /// ExecSync that must exit 0; returns stdout.
 pub fn exec_ok(c: &CriClient, id: &str, cmd: &[&str]) -> Result<String> {
     let out = c.exec_sync(id, cmd, 0)?;
