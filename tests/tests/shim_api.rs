@@ -83,9 +83,10 @@ async fn task_api_semantics_and_event_order() -> Result<()> {
     let paused = t
         .pause(ctx(), &req(|r: &mut PauseRequest| r.id = c1.clone()))
         .await;
+    // As the runc shim: "cannot pause task in created state".
     ensure!(
-        code_of(paused) == Some(Code::UNIMPLEMENTED),
-        "Pause is not UNIMPLEMENTED"
+        code_of(paused) == Some(Code::FAILED_PRECONDITION),
+        "Pause before Start is not FAILED_PRECONDITION"
     );
 
     // Wait blocks even before Start.
