@@ -38,7 +38,7 @@ pub const NOBODY_65535: &str = "65535:65535";
 /// The static busybox from Debian's `busybox-static`.
 pub const BUSYBOX: &str = "/bin/busybox";
 /// Versions the image recipe; bump when the layout below changes.
-const RECIPE: &str = "husk-busybox-image-1";
+const RECIPE: &str = "husk-busybox-image-2";
 /// umoci steps are quick; this bounds a stuck one.
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 /// The image's `PATH`.
@@ -248,7 +248,8 @@ fn build(work: &Path, recipe: &Recipe) -> Result<(), ImageError> {
 }
 
 /// Fills the image root: busybox, a symlink per applet, the usual directories and
-/// minimal `/etc/passwd` and `/etc/group`.
+/// minimal `/etc/passwd` and `/etc/group` (with user `husk`, 1000, also in group `wheel`,
+/// 10: what the runtime must add for a user named by the image).
 fn populate(root: &Path) -> Result<(), ImageError> {
     for (dir, mode) in [
         ("bin", 0o755),
@@ -279,9 +280,13 @@ fn populate(root: &Path) -> Result<(), ImageError> {
     for (file, text) in [
         (
             "etc/passwd",
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n\
+             husk:x:1000:1000:husk:/:/bin/sh\n",
         ),
-        ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+        (
+            "etc/group",
+            "root:x:0:\nwheel:x:10:husk\nhusk:x:1000:\nnogroup:x:65534:\n",
+        ),
     ] {
         let p = root.join(file);
         fs::write(&p, text).map_err(io(&p))?;

@@ -1,9 +1,9 @@
 //! The security context of a CRI container holds inside the guest as runc enforces it on a
-//! host: user, group and supplemental groups (by id and by name), a read-only root
-//! filesystem, capabilities dropped and added, no_new_privs, privileged, masked and
-//! read-only /proc paths, and seccomp RuntimeDefault, Unconfined and Localhost (a profile
-//! that blocks sethostname blocks it in the guest; an invalid one is refused by name). On
-//! containerd 1.6 and 2.x.
+//! host: user, group and supplemental groups (by id, and by name with the image's groups
+//! for the user), a read-only root filesystem, capabilities dropped and added,
+//! no_new_privs, privileged, masked and read-only /proc paths, and seccomp RuntimeDefault,
+//! Unconfined and Localhost (a profile that blocks sethostname blocks it in the guest; an
+//! invalid one is refused by name). On containerd 1.6 and 2.x.
 
 mod cri_common;
 
@@ -89,9 +89,14 @@ fn identity(pod: &Pod) -> Result<()> {
         words.len() >= 3 && words[..2] == ["1234", "5678"] && words[2..].contains(&"4000"),
         "runAsUser/runAsGroup/supplementalGroups not applied: {ids:?}"
     );
-    let by_name = pod.start("by-name", |sc| sc.run_as_username = "nobody".into())?;
-    let uid = pod.run(&by_name, "id -u")?;
-    ensure!(uid == "65534", "runAsUserName nobody runs as uid {uid}");
+    // The image's /etc/group puts user husk (1000) in wheel (10) as well.
+    let by_name = pod.start("by-name", |sc| sc.run_as_username = "husk".into())?;
+    let ids = pod.run(&by_name, "echo $(id -u) $(id -g) $(id -G)")?;
+    let words: Vec<&str> = ids.split_whitespace().collect();
+    ensure!(
+        words.len() >= 3 && words[..2] == ["1000", "1000"] && words[2..].contains(&"10"),
+        "runAsUserName husk: uid, gid and the image's groups for the user: {ids:?}"
+    );
     Ok(())
 }
 
