@@ -4,10 +4,8 @@
 
 use std::path::Path;
 
-use libcgroups::common::{CgroupConfig, CgroupManager, ControllerOpt, create_cgroup_manager};
-
 use super::spec::{self, CGROUP_PARENT};
-use super::update::MAX_RESOURCES_JSON;
+use super::update::{self, MAX_RESOURCES_JSON};
 use super::{ContainerError, Containers};
 
 const CONTROLLERS_FILE: &str = "cgroup.controllers";
@@ -23,20 +21,11 @@ impl Containers {
         let root = self.layout().cgroup_root.clone();
         let applied = tokio::task::spawn_blocking(move || {
             create_pod_cgroup(&root)?;
-            let manager = create_cgroup_manager(CgroupConfig {
-                cgroup_path: Path::new("/").join(CGROUP_PARENT),
-                systemd_cgroup: false,
-                container_name: CGROUP_PARENT.to_owned(),
-            })
-            .map_err(|e| ContainerError::Update(e.into()))?;
-            manager
-                .apply(&ControllerOpt {
-                    resources: &resources,
-                    disable_oom_killer: false,
-                    oom_score_adj: None,
-                    freezer_state: None,
-                })
-                .map_err(|e| ContainerError::Update(e.into()))
+            update::apply(
+                Path::new("/").join(CGROUP_PARENT),
+                CGROUP_PARENT.to_owned(),
+                &resources,
+            )
         });
         applied.await??;
         slog::info!(self.log, "pod limits applied"; "limits" => String::from_utf8_lossy(resources_json).into_owned());

@@ -2,6 +2,8 @@
 //! UpdateContainerResources), applied by the libcgroups that created its cgroup.
 
 use libcgroups::common::{CgroupConfig, CgroupManager, ControllerOpt, create_cgroup_manager};
+use std::path::PathBuf;
+
 use oci_spec::runtime::LinuxResources;
 
 use super::{ContainerError, Containers, spec};
@@ -17,19 +19,25 @@ impl Containers {
             return Err(ContainerError::Stopped(id.to_owned()));
         }
         let resources = spec::parse_resources(resources_json, MAX_RESOURCES_JSON)?;
-        let config = CgroupConfig {
-            cgroup_path: spec::cgroups_path(id),
-            systemd_cgroup: false,
-            container_name: id.to_owned(),
-        };
-        tokio::task::spawn_blocking(move || apply(config, &resources)).await??;
+        let (path, name) = (spec::cgroups_path(id), id.to_owned());
+        tokio::task::spawn_blocking(move || apply(path, name, &resources)).await??;
         slog::debug!(self.log, "container resources updated"; "container" => id);
         Ok(())
     }
 }
 
-fn apply(config: CgroupConfig, resources: &LinuxResources) -> Result<(), ContainerError> {
+/// Applies `resources` to the existing cgroup `cgroup_path` (relative to the v2 root).
+pub fn apply(
+    cgroup_path: PathBuf,
+    container_name: String,
+    resources: &LinuxResources,
+) -> Result<(), ContainerError> {
     let failed = |e: Box<dyn std::error::Error + Send + Sync>| ContainerError::Update(e);
+    let config = CgroupConfig {
+        cgroup_path,
+        systemd_cgroup: false,
+        container_name,
+    };
     let manager = create_cgroup_manager(config).map_err(|e| failed(e.into()))?;
     manager
         .apply(&ControllerOpt {

@@ -16,42 +16,41 @@ use super::process::Status;
 const MAX_RESOURCES_JSON: usize = 64 * 1024;
 
 impl Shim {
-    /// Freezes every process of container `id`. Pausing a paused container does nothing.
-    pub async fn pause(&self, id: &str) -> TaskResult<()> {
+    /// Pause (`paused`) freezes every process of running container `id`; pausing a paused
+    /// container does nothing. Resume thaws a paused one.
+    pub async fn set_paused(&self, id: &str, paused: bool) -> TaskResult<()> {
         let container = self.container(id)?;
-        if container.init.status() != Status::Running {
-            return Err(TaskError::FailedPrecondition(format!(
-                "container {id} is not running; only a running container can be paused"
-            )));
+        let running = container.init.status() == Status::Running;
+        match (paused, container.is_paused()) {
+            _ if !running => {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "container {id} is not running; only a running container can be paused \
+                     or resumed"
+                )));
+            }
+            (true, true) => return Ok(()),
+            (false, false) => {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "container {id} is not paused"
+                )));
+            }
+            _ => {}
         }
-        if container.is_paused() {
-            return Ok(());
+        self.require_pod()?.agent.set_paused(id, paused).await?;
+        container.set_paused(paused);
+        if paused {
+            let mut ev = TaskPaused::new();
+            ev.container_id = id.to_owned();
+            self.publisher
+                .publish(TASK_PAUSED_EVENT_TOPIC, Box::new(ev))
+                .await;
+        } else {
+            let mut ev = TaskResumed::new();
+            ev.container_id = id.to_owned();
+            self.publisher
+                .publish(TASK_RESUMED_EVENT_TOPIC, Box::new(ev))
+                .await;
         }
-        self.require_pod()?.agent.set_paused(id, true).await?;
-        container.set_paused(true);
-        let mut ev = TaskPaused::new();
-        ev.container_id = id.to_owned();
-        self.publisher
-            .publish(TASK_PAUSED_EVENT_TOPIC, Box::new(ev))
-            .await;
-        Ok(())
-    }
-
-    /// Thaws container `id`, which must be paused.
-    pub async fn resume(&self, id: &str) -> TaskResult<()> {
-        let container = self.container(id)?;
-        if !container.is_paused() || container.init.status() != Status::Running {
-            return Err(TaskError::FailedPrecondition(format!(
-                "container {id} is not paused"
-            )));
-        }
-        self.require_pod()?.agent.set_paused(id, false).await?;
-        container.set_paused(false);
-        let mut ev = TaskResumed::new();
-        ev.container_id = id.to_owned();
-        self.publisher
-            .publish(TASK_RESUMED_EVENT_TOPIC, Box::new(ev))
-            .await;
         Ok(())
     }
 

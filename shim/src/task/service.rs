@@ -77,13 +77,13 @@ impl Task for TaskService {
 
     async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> R<Empty> {
         debug!(self.shim.log, "pause"; "id" => &req.id);
-        self.shim.pause(&req.id).await?;
+        self.shim.set_paused(&req.id, true).await?;
         Ok(Empty::new())
     }
 
     async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> R<Empty> {
         debug!(self.shim.log, "resume"; "id" => &req.id);
-        self.shim.resume(&req.id).await?;
+        self.shim.set_paused(&req.id, false).await?;
         Ok(Empty::new())
     }
 

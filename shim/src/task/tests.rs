@@ -441,13 +441,13 @@ async fn pause_and_resume_freeze_the_container_report_paused_and_publish_events(
     let mut w = world();
     w.running("c1").await;
     assert_eq!(
-        code(w.shim.resume("c1").await),
+        code(w.shim.set_paused("c1", false).await),
         Some(Code::FAILED_PRECONDITION)
     );
-    w.shim.pause("c1").await.unwrap();
+    w.shim.set_paused("c1", true).await.unwrap();
     assert_eq!(w.status("c1", ""), Ok(ApiStatus::PAUSED));
     // Pausing again is no new request to the guest.
-    w.shim.pause("c1").await.unwrap();
+    w.shim.set_paused("c1", true).await.unwrap();
     assert_eq!(w.guest.called("pause c1"), 1);
     // A frozen cgroup would freeze a new exec on entry: refused up front.
     w.shim.exec(&w.exec_req("c1", "e1")).await.unwrap();
@@ -455,7 +455,7 @@ async fn pause_and_resume_freeze_the_container_report_paused_and_publish_events(
         code(w.shim.start("c1", "e1").await),
         Some(Code::FAILED_PRECONDITION)
     );
-    w.shim.resume("c1").await.unwrap();
+    w.shim.set_paused("c1", false).await.unwrap();
     assert_eq!(w.status("c1", ""), Ok(ApiStatus::RUNNING));
     assert_eq!(w.guest.called("resume c1"), 1);
     let topics = w.events.topics().await;
@@ -469,14 +469,17 @@ async fn only_a_running_container_pauses_and_a_failed_freeze_changes_nothing() {
     let w = world();
     assert_eq!(w.create("c1").await, Ok(VM_PID));
     assert_eq!(
-        code(w.shim.pause("c1").await),
+        code(w.shim.set_paused("c1", true).await),
         Some(Code::FAILED_PRECONDITION)
     );
-    assert_eq!(code(w.shim.pause("nope").await), Some(Code::NOT_FOUND));
+    assert_eq!(
+        code(w.shim.set_paused("nope", true).await),
+        Some(Code::NOT_FOUND)
+    );
     w.shim.start("c1", "").await.unwrap();
     w.guest.fail("pause", Code::DEADLINE_EXCEEDED);
     assert_eq!(
-        code(w.shim.pause("c1").await),
+        code(w.shim.set_paused("c1", true).await),
         Some(Code::DEADLINE_EXCEEDED)
     );
     assert_eq!(w.status("c1", ""), Ok(ApiStatus::RUNNING));
