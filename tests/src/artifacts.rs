@@ -124,6 +124,12 @@ impl Artifacts {
     }
 
     /// The husk config pointing at these artifacts.
+    /// The tests' static inotify watcher (`tests/inotify-probe`), which tests bind-mount
+    /// into containers; `cargo xtask build` puts it here.
+    pub fn inotify_probe(&self) -> PathBuf {
+        self.dir.join("husk-inotify-probe")
+    }
+
     pub fn config(&self) -> PathBuf {
         self.dir.join("config.toml")
     }

@@ -46,6 +46,8 @@ pub fn run(ws: &Workspace, agent: Option<&Path>) -> Result<PathBuf> {
 /// With an explicit `--target`, RUSTFLAGS only reach target artifacts, so build scripts
 /// Cargo profile of the guest agent build.
 const GUEST_PROFILE: &str = "guest";
+/// The tests' static inotify watcher (`tests/inotify-probe`), copied into the artifacts.
+const INOTIFY_PROBE: &str = "husk-inotify-probe";
 
 /// and proc macros stay dynamic and shared with other builds.
 fn build_agent(ws: &Workspace) -> Result<PathBuf> {
@@ -59,6 +61,9 @@ fn build_agent(ws: &Workspace) -> Result<PathBuf> {
             GUEST_PROFILE,
             "-p",
             "husk-agent",
+            // Built the same way for the integration tests, which run it in containers.
+            "-p",
+            INOTIFY_PROBE,
             "--target",
             GUEST_TARGET,
         ])
@@ -69,11 +74,13 @@ fn build_agent(ws: &Workspace) -> Result<PathBuf> {
         .timeout(AGENT_BUILD_TIMEOUT)
         .run_inherit()
         .context("building husk-agent")?;
-    let bin = ws
-        .target_dir
-        .join(GUEST_TARGET)
-        .join(GUEST_PROFILE)
-        .join("husk-agent");
+    let built = ws.target_dir.join(GUEST_TARGET).join(GUEST_PROFILE);
+    std::fs::create_dir_all(&ws.artifacts_dir)
+        .with_context(|| format!("creating {}", ws.artifacts_dir.display()))?;
+    let probe = ws.artifacts_dir.join(INOTIFY_PROBE);
+    std::fs::copy(built.join(INOTIFY_PROBE), &probe)
+        .with_context(|| format!("copying the test probe to {}", probe.display()))?;
+    let bin = built.join("husk-agent");
     if !bin.is_file() {
         bail!(
             "cargo built package husk-agent but {} does not exist: the package needs a binary \
