@@ -107,6 +107,20 @@ impl Sandbox {
             tag: tag.to_owned(),
             dir: dir.clone(),
             source,
+        })?;
+        // Shared: containers' namespaces receive what is mounted here later (their volume
+        // submounts), and `rshared` volumes carry one container's mounts to the others.
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|source| SandboxError::Mount {
+            tag: tag.to_owned(),
+            dir: dir.clone(),
+            source,
         })
     }
 }

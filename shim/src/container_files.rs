@@ -57,23 +57,62 @@ pub fn prepare(
             }
         }
     }
-    for b in binds {
+    for (index, b) in binds.iter().enumerate() {
         let kind = if b.source.is_dir() {
             MountPoint::Directory
         } else {
             MountPoint::File
         };
-        let relative = PodDir::container(id).join(&b.relative_target);
-        let target = mount_point(&host, &relative, kind)?;
+        let relative = &b.share_path;
+        if b.pod_level && mounts::is_mount_point(&dir.host().join(relative)) {
+            // Another container of the pod mounted it already.
+            continue;
+        }
+        let target = mount_point(&host, relative, kind)?;
         let (path, top) = (target.path(), target.top());
-        mounts::bind(&b.source, &path, &top, b.readonly, b.recursive).map_err(|source| {
-            ContainerFilesError::Bind {
-                source_path: b.source.clone(),
-                source: Box::new(source),
-            }
-        })?;
+        let fail = |source| ContainerFilesError::Bind {
+            source_path: b.source.clone(),
+            source: Box::new(source),
+        };
+        if b.private {
+            let staging = dir.staging().join(format!("{id}-{index}"));
+            bind_private(b, &staging, kind, &path).map_err(fail)?;
+        } else {
+            mounts::bind(&b.source, &path, &top, b.readonly, b.recursive).map_err(fail)?;
+        }
     }
     Ok(())
+}
+
+/// An `rprivate` bind: made at `staging` (a private place the guest's share does not
+/// reach), cut from the source's propagation there, then moved to `target`. Made in place,
+/// the copies in the guest's view and in virtiofsd's namespace would already be slaves of
+/// the source, and keep receiving the host's later mounts whatever became of the original.
+fn bind_private(
+    b: &HostBind,
+    staging: &Path,
+    kind: MountPoint,
+    target: &Path,
+) -> Result<(), MountError> {
+    let created = match kind {
+        MountPoint::Directory => std::fs::create_dir(staging),
+        MountPoint::File => std::fs::File::create_new(staging).map(drop),
+    };
+    created.map_err(|source| MountError::MountPoint {
+        path: staging.to_path_buf(),
+        source,
+    })?;
+    let moved = mounts::bind(&b.source, staging, staging, b.readonly, b.recursive)
+        .and_then(|()| mounts::make_private(staging))
+        .and_then(|()| mounts::move_mount(staging, target));
+    if moved.is_err() {
+        let _ = mounts::unmount_all(staging);
+    }
+    let _ = match kind {
+        MountPoint::Directory => std::fs::remove_dir(staging),
+        MountPoint::File => std::fs::remove_file(staging),
+    };
+    moved
 }
 
 fn mount_point(

@@ -11,6 +11,11 @@ use thiserror::Error;
 
 /// Where a container's bind-mount sources are placed inside its shared directory.
 pub const MOUNTS_DIR: &str = "mounts";
+/// Where `rshared` volumes are placed in the share: once per pod (per source and access),
+/// so that in the guest every container of the pod binds the same mount and a mount one
+/// of them makes below it reaches the others. The leading dot keeps it apart from
+/// container directories (ids never start with one).
+pub const POD_VOLUMES_DIR: &str = ".pod-volumes";
 
 #[derive(Debug, Error)]
 pub enum SpecError {
@@ -40,10 +45,18 @@ pub enum SpecError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostBind {
     pub source: PathBuf,
-    /// Relative to the container's shared directory (`<pod shared>/<container id>/`).
-    pub relative_target: PathBuf,
+    /// Relative to the share's root: `<container id>/mounts/<n>-<name>`, or
+    /// `.pod-volumes/<digest>` for a volume the pod's containers share ([`Self::pod_level`]).
+    pub share_path: PathBuf,
+    /// Mounted once per pod, for every container that asks for it.
+    pub pod_level: bool,
     pub readonly: bool,
     pub recursive: bool,
+    /// `rprivate`/`private`: mounts made under the source later stay out of the guest.
+    pub private: bool,
+    /// A read-only, atomically updated volume (kubelet's `..data` link): the shim watches
+    /// it and the guest keeps a copy its inotify watchers see updated.
+    pub atomic: bool,
 }
 
 /// Reads and validates `<bundle>/config.json`, with an error that says what is wrong where.
@@ -152,20 +165,42 @@ fn share_bind_mounts(spec: &mut Spec, container_id: &str) -> Result<Vec<HostBind
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let relative_target = Path::new(MOUNTS_DIR).join(format!("{index}-{}", sanitize(&name)));
-        m.set_source(Some(
-            Path::new(SHARED_DIR_GUEST)
-                .join(container_id)
-                .join(&relative_target),
-        ));
+        let readonly = options.iter().any(|o| o == "ro");
+        let pod_level = options.iter().any(|o| o == "rshared" || o == "shared");
+        let share_path = if pod_level {
+            Path::new(POD_VOLUMES_DIR).join(pod_volume_name(&source, readonly))
+        } else {
+            Path::new(container_id)
+                .join(MOUNTS_DIR)
+                .join(format!("{index}-{}", sanitize(&name)))
+        };
+        m.set_source(Some(Path::new(SHARED_DIR_GUEST).join(&share_path)));
+        let atomic = readonly && !pod_level && crate::volume_watch::is_atomic_volume(&source);
         binds.push(HostBind {
             source,
-            relative_target,
-            readonly: options.iter().any(|o| o == "ro"),
+            share_path,
+            pod_level,
+            readonly,
             recursive: options.iter().any(|o| o == "rbind"),
+            private: options.iter().any(|o| o == "rprivate" || o == "private"),
+            atomic,
         });
     }
     Ok(binds)
+}
+
+/// The pod-level name of volume `source` mounted `readonly` or not: a digest, so the name
+/// says nothing about the host path and has a fixed length.
+fn pod_volume_name(source: &Path, readonly: bool) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(source.as_os_str().as_encoded_bytes());
+    h.update(if readonly { b"\0ro" } else { b"\0rw" });
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn sanitize(name: &str) -> String {
@@ -267,6 +302,35 @@ mod tests {
             "{guest_src}"
         );
         assert_eq!(v["mounts"][1]["source"], "tmpfs");
+    }
+
+    #[test]
+    fn propagation_and_atomic_volumes_are_recognised() {
+        let (plain, config) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::os::unix::fs::symlink("..gen", config.path().join("..data")).unwrap();
+        let bind = |src: &Path, opts: Value| json!({"destination": "/v", "type": "bind", "source": src, "options": opts});
+        let d = write_bundle(&spec_json(json!({"mounts": [
+            bind(plain.path(), json!(["rbind", "rprivate"])),
+            bind(plain.path(), json!(["rbind", "rshared"])),
+            bind(config.path(), json!(["rbind", "ro", "rprivate"])),
+            bind(config.path(), json!(["rbind", "rprivate"])),
+        ]})));
+        let (bytes, binds) = for_guest(load(d.path()).unwrap(), "c1", None).unwrap();
+        assert!(binds[0].private && !binds[0].pod_level && !binds[0].atomic);
+        assert!(!binds[1].private && binds[1].pod_level);
+        assert!(binds[1].share_path.starts_with(POD_VOLUMES_DIR));
+        assert!(binds[2].atomic, "a read-only volume with ..data");
+        assert!(!binds[3].atomic, "a writable one is shared as it is");
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        let shared = v["mounts"][1]["source"].as_str().unwrap();
+        assert_eq!(
+            Path::new(shared),
+            Path::new(SHARED_DIR_GUEST).join(&binds[1].share_path)
+        );
+        // The same volume in another container lands on the same pod-level path.
+        let (_, again) = for_guest(load(d.path()).unwrap(), "c2", None).unwrap();
+        assert_eq!(again[1].share_path, binds[1].share_path);
+        assert_ne!(again[0].share_path, binds[0].share_path);
     }
 
     #[test]

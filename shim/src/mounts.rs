@@ -209,6 +209,37 @@ pub fn make_shared_mountpoint(dir: &Path) -> Result<(), MountError> {
     .map_err(fail)
 }
 
+/// Moves the mount at `from` to `to` (`MS_MOVE`).
+pub fn move_mount(from: &Path, to: &Path) -> Result<(), MountError> {
+    mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|errno| {
+        MountError::Mount {
+            fstype: "move".into(),
+            from: from.display().to_string(),
+            target: to.to_path_buf(),
+            options: String::new(),
+            errno,
+        }
+    })
+}
+
+/// Makes the mount at `target`, and every mount below it, private (`rprivate`).
+pub fn make_private(target: &Path) -> Result<(), MountError> {
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|errno| MountError::Mount {
+        fstype: "bind".into(),
+        from: String::new(),
+        target: target.to_path_buf(),
+        options: "rprivate".into(),
+        errno,
+    })
+}
+
 /// Mounts `view` as a read-only bind of `source` that receives, one way, every mount made
 /// below `source` later (`source` must be a shared mount): the view is a slave of it.
 /// Mounts propagated into the view keep their own flags; only the view's own directory
@@ -265,6 +296,11 @@ fn mount_points_below(dir: &Path) -> Vec<PathBuf> {
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     points.dedup();
     points
+}
+
+/// True if something is mounted on `path` itself.
+pub fn is_mount_point(path: &Path) -> bool {
+    mount_points_below(path).iter().any(|p| p == path)
 }
 
 /// Unmounts all mount points at or below `dir`, deepest first.

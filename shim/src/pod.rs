@@ -2,7 +2,8 @@
 //! shim. [`Pod::boot`] makes the real one; the parts are traits ([`VmHandle`], [`Agent`],
 //! [`PodHost`]) so the task state machine can be tested with fakes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +22,7 @@ use crate::network::{NetworkError, PodNetwork};
 use crate::pod_cgroup::{PodCgroup, PodCgroupError};
 use crate::pod_dir::{PodDir, PodDirError};
 use crate::sizing::PodSize;
+use crate::volume_watch::VolumeWatch;
 
 /// virtio-fs tag of the pod share, mounted by the agent at `SHARED_DIR_GUEST`.
 pub const SHARED_FS_TAG: &str = "husk";
@@ -48,8 +50,10 @@ pub struct Pod {
     pub id: String,
     pub vm: Box<dyn VmHandle>,
     pub agent: Box<dyn Agent>,
-    host: Box<dyn PodHost>,
-    log: Logger,
+    pub(crate) host: Box<dyn PodHost>,
+    /// Watches atomically updated volumes ([`crate::pod_volumes`]); none if inotify failed.
+    pub(crate) volumes: Option<Arc<VolumeWatch>>,
+    pub(crate) log: Logger,
 }
 
 /// The pod's state on the host besides its VM: where container files are prepared, and
@@ -65,6 +69,12 @@ pub trait PodHost: Send + Sync {
     ) -> Result<(), ContainerFilesError>;
     /// Unmounts and removes a container's files from the pod share.
     async fn remove_container_files(&self, container_id: &str) -> Result<(), PodDirError>;
+    /// The host path of `relative` (relative to the share's root), if the share is on
+    /// this host.
+    fn share_path(&self, relative: &Path) -> Option<PathBuf> {
+        let _ = relative;
+        None
+    }
     /// Removes everything (after the VM stopped). Never fails: what cannot be cleaned is
     /// logged.
     async fn remove(&self);
@@ -88,11 +98,19 @@ impl Pod {
         host: Box<dyn PodHost>,
         log: &Logger,
     ) -> Self {
+        let volumes = match VolumeWatch::new() {
+            Ok(w) => Some(Arc::new(w)),
+            Err(e) => {
+                warn!(log, "volume updates will not reach inotify watchers"; "error" => %e);
+                None
+            }
+        };
         Self {
             id: id.to_string(),
             vm,
             agent,
             host,
+            volumes,
             log: log.clone(),
         }
     }
@@ -236,12 +254,16 @@ impl Pod {
     }
 
     pub async fn remove_container_files(&self, container_id: &str) -> Result<(), PodDirError> {
+        self.forget_volumes(container_id);
         self.host.remove_container_files(container_id).await
     }
 
     /// Asks the guest to power off, stops the VMM and its helpers, and removes the pod's
     /// host state. Never fails: whatever cannot be cleaned is logged.
     pub async fn shutdown(&self) {
+        if let Some(watch) = self.volumes.as_ref() {
+            watch.close();
+        }
         let vm_alive = self.vm.exited().borrow().is_none();
         if vm_alive {
             if let Err(e) = self.agent.destroy_sandbox().await {
@@ -276,6 +298,10 @@ impl PodHost for HostState {
             Ok(result) => result,
             Err(join) => Err(PodDirError::Worker(join)),
         }
+    }
+
+    fn share_path(&self, relative: &Path) -> Option<PathBuf> {
+        Some(self.dir.host().join(relative))
     }
 
     async fn remove(&self) {

@@ -10,6 +10,7 @@
 //! vm/                     the VM's sockets: vsock.sock, vsock.sock_<port>, virtiofsd.sock,
 //!                         vhost-vsock.sock (QEMU); husk-vmm's /run, owned by its uid; with
 //!                         QEMU 0711 and only the sockets QEMU connects to are its uid's
+//! staging/               where rprivate binds are made before they move below host/
 //! vmm-root/               empty: husk-vmm mounts its jail root here, in its own namespace
 //! ```
 //!
@@ -99,6 +100,12 @@ impl PodDir {
         Self::container(container_id).join(ROOTFS_DIR)
     }
 
+    /// Where `rprivate` binds are made before they move into [`PodDir::host`]: on the
+    /// state tmpfs, whose mounts propagate nowhere.
+    pub fn staging(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
     pub fn vsock_uds(&self) -> PathBuf {
         self.root.join("vm/vsock.sock")
     }
@@ -145,6 +152,7 @@ impl PodDir {
         create(&self.host())?;
         create(&self.shared())?;
         create(&self.root.join("vm"))?;
+        create(&self.staging())?;
         mounts::make_shared_mountpoint(&self.host())?;
         mounts::readonly_view(&self.host(), &self.shared())?;
         Ok(())

@@ -15,6 +15,8 @@
 //! also what `cargo xtask` uses for `demo` and `build`.
 
 pub mod artifacts;
+/// kubelet's atomic writer for configMap-style volumes.
+pub mod atomic_writer;
 pub mod cmd;
 pub mod containerd;
 #[cfg(feature = "cri")]

@@ -10,7 +10,9 @@ use oci_spec::runtime::Spec;
 use slog::{Logger, debug};
 
 use super::record::{Container, ExecSlot, Process, Slot};
-use super::{ContainerError, Containers, cgroup, ids, record, spec, sysctl};
+use super::{
+    ContainerError, Containers, cgroup, ids, record, spec, sysctl, volume_mirror, volumes,
+};
 use crate::helper::{HelperOutcome, HelperRequest, Operation, PassedStdio};
 use crate::stdio::{self, ContainerStdio, StdioRequest};
 
@@ -44,6 +46,7 @@ impl Containers {
                 return Err(ContainerError::RootfsMissing(root));
             }
         }
+        volumes::automount(&spec, &self.layout.shared_dir).await;
         {
             let mut slots = self.slots();
             if slots.contains_key(id) {
@@ -59,6 +62,7 @@ impl Containers {
                 return Err(e);
             }
         }
+        volumes::use_guest_copies(&mut spec, &self.layout, id, &log).await;
         match self.create_reserved(id, &spec, stdio, &kinds, &log).await {
             Ok(process) => {
                 let pid = process.pid;
@@ -249,6 +253,7 @@ fn discard_leftovers(layout: &super::Layout, id: &str) {
     if let Ok(mut container) = libcontainer::container::Container::load(layout.state_dir(id)) {
         let _ = container.delete(true);
     }
+    volume_mirror::remove_all(&layout.bundle(id));
     let _ = std::fs::remove_dir_all(layout.bundle(id));
 }
 

@@ -8,7 +8,7 @@ use libcontainer::error::LibcontainerError;
 use slog::{debug, warn};
 
 use super::record::{ExecSlot, Phase, Process, Slot};
-use super::{ContainerError, Containers, cgroup, record};
+use super::{ContainerError, Containers, cgroup, record, volume_mirror};
 
 /// RemoveContainer waits this long for the killed processes to exit.
 pub const REMOVE_WAIT: Duration = Duration::from_secs(10);
@@ -146,6 +146,7 @@ impl Containers {
                 Err(LibcontainerError::State(_) | LibcontainerError::NoDirectory) => {}
                 Err(e) => return Err(ContainerError::Libcontainer(e)),
             }
+            volume_mirror::remove_all(&bundle);
             match std::fs::remove_dir_all(&bundle) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

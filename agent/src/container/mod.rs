@@ -17,6 +17,8 @@ pub mod spec;
 pub mod stats;
 pub mod sysctl;
 mod update;
+pub mod volume_mirror;
+mod volumes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -99,6 +101,8 @@ pub enum ContainerError {
     Libcontainer(#[source] libcontainer::error::LibcontainerError),
     #[error("the exit status of pid {0} was lost")]
     ExitLost(i32),
+    #[error(transparent)]
+    Volume(#[from] volume_mirror::MirrorError),
     #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -110,6 +114,8 @@ pub struct Containers {
     streams: Arc<StreamRegistry<HostStream>>,
     launcher: HelperLauncher,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Held while a volume copy is synced: two interleaved syncs could undo each other.
+    volume_sync: tokio::sync::Mutex<()>,
     log: Logger,
 }
 
@@ -127,6 +133,7 @@ impl Containers {
             streams,
             launcher,
             slots: Mutex::new(HashMap::new()),
+            volume_sync: tokio::sync::Mutex::new(()),
             log,
         }
     }

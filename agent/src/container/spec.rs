@@ -115,6 +115,16 @@ pub fn adjust_for_guest(
     let linux = spec.linux_mut().as_mut().ok_or(SpecError::MissingLinux)?;
     linux.set_mount_label(None);
     linux.set_cgroups_path(Some(cgroups_path(id)));
+    // containerd asks for "rslave"/"rshared" (runc's names); libcontainer knows only the
+    // plain names and always applies them recursively.
+    if let Some(p) = linux.rootfs_propagation().as_deref() {
+        let plain = p
+            .strip_prefix('r')
+            .filter(|rest| matches!(*rest, "shared" | "slave" | "private" | "unbindable"));
+        if let Some(plain) = plain {
+            linux.set_rootfs_propagation(Some(plain.to_owned()));
+        }
+    }
     let mut namespaces = linux.namespaces().clone().unwrap_or_default();
     namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network || ns.path().is_some());
     for typ in REQUIRED_NAMESPACES {
@@ -239,6 +249,26 @@ mod tests {
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.mount_label().is_none());
         assert!(linux.seccomp().is_some());
+    }
+
+    #[test]
+    fn rootfs_propagation_takes_libcontainers_names() {
+        for (given, wanted) in [
+            ("rslave", "slave"),
+            ("rshared", "shared"),
+            ("rprivate", "private"),
+            ("runbindable", "unbindable"),
+            ("slave", "slave"),
+            ("rbogus", "rbogus"),
+        ] {
+            let mut spec = spec_with_root("/run/husk/shared/c1/rootfs");
+            if let Some(l) = spec.linux_mut() {
+                l.set_rootfs_propagation(Some(given.into()));
+            }
+            adjust_for_guest(&mut spec, "c1", Path::new("/run/husk/shared"), false).unwrap();
+            let got = spec.linux().as_ref().unwrap().rootfs_propagation().clone();
+            assert_eq!(got.as_deref(), Some(wanted), "{given}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use husk_protocol::agent::{
     CheckRequest, CheckResponse, ConfigureNetworkRequest, ContainerRequest, ContainerStatsResponse,
     CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, Empty, ExecProcessRequest,
     IoDeviceStats, ListProcessesResponse, ProcessRequest, ProcessStarted, SignalProcessRequest,
-    Stdio, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessResponse,
+    Stdio, SyncVolumeRequest, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessResponse,
 };
 use husk_protocol::agent_ttrpc::Agent;
 use slog::{Logger, debug, info};
@@ -291,6 +291,23 @@ impl Agent for AgentService {
             detached(async move { containers.update(&req.container_id, &req.resources).await })
                 .await?;
         logged(&self.log, "UpdateContainer", updated)?;
+        Ok(Empty::new())
+    }
+
+    async fn sync_volume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SyncVolumeRequest,
+    ) -> ttrpc::Result<Empty> {
+        let containers = Arc::clone(&self.containers);
+        let synced = detached(async move {
+            let source = std::path::PathBuf::from(&req.source);
+            containers
+                .sync_volume(&req.container_id, &source, &req.data_target)
+                .await
+        })
+        .await?;
+        logged(&self.log, "SyncVolume", synced)?;
         Ok(Empty::new())
     }
 

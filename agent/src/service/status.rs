@@ -4,6 +4,7 @@ use ttrpc::Code;
 
 use crate::container::ContainerError;
 use crate::container::freezer::FreezerError;
+use crate::container::volume_mirror::MirrorError;
 use crate::helper::{FailureKind, HelperError};
 use crate::network::NetworkError;
 use crate::sandbox::SandboxError;
@@ -31,7 +32,8 @@ pub fn container_code(e: &ContainerError) -> Code {
         | E::InvalidSize { .. }
         | E::InvalidId(_)
         | E::InvalidSpec(_)
-        | E::Sysctl(_) => Code::INVALID_ARGUMENT,
+        | E::Sysctl(_)
+        | E::Volume(MirrorError::UnknownSource(_)) => Code::INVALID_ARGUMENT,
         E::Stdio(StdioError::StderrWithTerminal) => Code::INVALID_ARGUMENT,
         E::Stdio(StdioError::NoTerminal) => Code::FAILED_PRECONDITION,
         E::Streams(RegistryError::NotAttached(_)) => Code::FAILED_PRECONDITION,
@@ -42,6 +44,7 @@ pub fn container_code(e: &ContainerError) -> Code {
         | E::Freezer(_)
         | E::Stats(_)
         | E::Update(_)
+        | E::Volume(_)
         | E::Signal(_)
         | E::Io { .. }
         | E::Libcontainer(_)

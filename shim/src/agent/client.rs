@@ -239,6 +239,19 @@ impl Agent for AgentClient {
         rpc!(self, update_container, req).map(drop)
     }
 
+    async fn sync_volume(
+        &self,
+        id: &str,
+        source: &str,
+        data_target: &str,
+    ) -> Result<(), AgentError> {
+        let mut req = SyncVolumeRequest::new();
+        req.container_id = id.to_string();
+        req.source = source.to_string();
+        req.data_target = data_target.to_string();
+        rpc!(self, sync_volume, req).map(drop)
+    }
+
     async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, AgentError> {
         rpc!(self, container_stats, container_req(id))
     }

@@ -60,6 +60,14 @@ pub trait Agent: Send + Sync {
     async fn set_paused(&self, id: &str, paused: bool) -> Result<(), AgentError>;
     /// Applies new limits (OCI `linux.resources` JSON) to the container's cgroup.
     async fn update_container(&self, id: &str, resources: Vec<u8>) -> Result<(), AgentError>;
+    /// Brings the guest copy of an atomically updated volume (guest path `source`) up to
+    /// date; `data_target` is its `..data` target on the host.
+    async fn sync_volume(
+        &self,
+        id: &str,
+        source: &str,
+        data_target: &str,
+    ) -> Result<(), AgentError>;
     /// The container cgroup's figures, as the guest reports them (unchecked guest data).
     async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, AgentError>;
     async fn tty_resize(

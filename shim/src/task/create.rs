@@ -118,6 +118,7 @@ impl Shim {
             *slot = PodSlot::Running(pod.clone());
         }
         self.spawn_vm_watchdog(pod.clone());
+        pod.spawn_volume_sync();
         Ok((pod, true))
     }
 
@@ -150,9 +151,10 @@ impl Shim {
             )
         };
         let result = async {
-            pod.prepare_container_files(id, rootfs, binds)
+            pod.prepare_container_files(id, rootfs, binds.clone())
                 .await
                 .map_err(|e| TaskError::internal("preparing the container's files", e))?;
+            pod.watch_volumes(id, &binds);
             let io = ProcessIo::attach(pod.agent.as_ref(), id, "", &init.stdio, &self.log)
                 .await
                 .map_err(|e| TaskError::internal("attaching stdio", e))?;

@@ -267,6 +267,11 @@ impl Agent for FakeAgent {
         self.0.check("update")
     }
 
+    async fn sync_volume(&self, id: &str, source: &str, _: &str) -> Result<(), AgentError> {
+        self.0.record(format!("sync_volume {id} {source}"));
+        self.0.check("sync_volume")
+    }
+
     async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, AgentError> {
         self.0.record(format!("container_stats {id}"));
         self.0.check("container_stats")?;
