@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::beneath::{Beneath, MountPoint, MountTarget};
+use crate::bind_source::{self, BindSource, BindSourceError};
 use crate::guest_spec::HostBind;
 use crate::mounts::{self, MountError, MountSpec};
 use crate::pod_dir::{PodDir, PodDirError};
@@ -18,6 +19,8 @@ pub enum ContainerFilesError {
     Dir(#[from] PodDirError),
     #[error("mounting the container's rootfs: {0}")]
     Rootfs(#[source] Box<MountError>),
+    #[error(transparent)]
+    Source(#[from] BindSourceError),
     #[error("sharing the bind mount of {source_path:?} with the guest: {source}")]
     Bind {
         source_path: PathBuf,
@@ -58,7 +61,8 @@ pub fn prepare(
         }
     }
     for (index, b) in binds.iter().enumerate() {
-        let kind = if b.source.is_dir() {
+        let source = open_source(dir, b)?;
+        let kind = if source.is_dir() {
             MountPoint::Directory
         } else {
             MountPoint::File
@@ -76,12 +80,29 @@ pub fn prepare(
         };
         if b.private {
             let staging = dir.staging().join(format!("{id}-{index}"));
-            bind_private(b, &staging, kind, &path).map_err(fail)?;
+            bind_private(b, &source, &staging, kind, &path).map_err(fail)?;
         } else {
-            mounts::bind(&b.source, &path, &top, b.readonly, b.recursive).map_err(fail)?;
+            let from = source.mount_path();
+            mounts::bind(&from, &path, &top, b.readonly, b.recursive).map_err(fail)?;
         }
     }
     Ok(())
+}
+
+/// Opens `b`'s source without following symlinks; containerd's own files for the pod are
+/// resolved first (see [`bind_source::is_containerd_pod_file`]).
+fn open_source(dir: &PodDir, b: &HostBind) -> Result<BindSource, BindSourceError> {
+    let sandbox_id = dir
+        .root()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if bind_source::is_containerd_pod_file(&b.source, sandbox_id) {
+        if let Ok(resolved) = std::fs::canonicalize(&b.source) {
+            return BindSource::open(&resolved);
+        }
+    }
+    BindSource::open(&b.source)
 }
 
 /// An `rprivate` bind: made at `staging` (a private place the guest's share does not
@@ -90,6 +111,7 @@ pub fn prepare(
 /// the source, and keep receiving the host's later mounts whatever became of the original.
 fn bind_private(
     b: &HostBind,
+    source: &BindSource,
     staging: &Path,
     kind: MountPoint,
     target: &Path,
@@ -102,9 +124,15 @@ fn bind_private(
         path: staging.to_path_buf(),
         source,
     })?;
-    let moved = mounts::bind(&b.source, staging, staging, b.readonly, b.recursive)
-        .and_then(|()| mounts::make_private(staging))
-        .and_then(|()| mounts::move_mount(staging, target));
+    let moved = mounts::bind(
+        &source.mount_path(),
+        staging,
+        staging,
+        b.readonly,
+        b.recursive,
+    )
+    .and_then(|()| mounts::make_private(staging))
+    .and_then(|()| mounts::move_mount(staging, target));
     if moved.is_err() {
         let _ = mounts::unmount_all(staging);
     }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod args;
 pub mod beneath;
+pub mod bind_source;
 pub mod check;
 pub mod cleanup;
 pub mod config;

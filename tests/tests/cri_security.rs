@@ -145,6 +145,14 @@ fn privileges(pod: &Pod) -> Result<()> {
         eff == wanted,
         "privileged: CapEff {eff}, containerd's own set is {wanted}"
     );
+    // The guest's devices (never the host's): /dev/kmsg is the guest kernel's log.
+    let kmsg = pod.run(
+        &privileged,
+        "test -c /dev/kmsg && head -c 0 /dev/kmsg && echo yes",
+    )?;
+    ensure!(kmsg == "yes", "privileged: no usable /dev/kmsg ({kmsg:?})");
+    let plain = pod.run(&dropped, "test -e /dev/kmsg && echo present || echo absent")?;
+    ensure!(plain == "absent", "an unprivileged container has /dev/kmsg");
     Ok(())
 }
 

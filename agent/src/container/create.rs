@@ -11,7 +11,7 @@ use slog::{Logger, debug};
 
 use super::record::{Container, ExecSlot, Process, Slot};
 use super::{
-    ContainerError, Containers, cgroup, ids, record, spec, sysctl, volume_mirror, volumes,
+    ContainerError, Containers, cgroup, ids, record, spec, stats, sysctl, volume_mirror, volumes,
 };
 use crate::helper::{HelperOutcome, HelperRequest, Operation, PassedStdio};
 use crate::stdio::{self, ContainerStdio, StdioRequest};
@@ -63,6 +63,8 @@ impl Containers {
             }
         }
         volumes::use_guest_copies(&mut spec, &self.layout, id, &log).await;
+        let pod_cgroup = self.layout.cgroup_root.join(spec::CGROUP_PARENT);
+        let pod_ooms = stats::oom_kills(&pod_cgroup);
         match self.create_reserved(id, &spec, stdio, &kinds, &log).await {
             Ok(process) => {
                 let pid = process.pid;
@@ -78,7 +80,18 @@ impl Containers {
                 // Best effort: libcontainer cleans up its own failures; this covers ours.
                 let _ = tokio::task::spawn_blocking(move || discard_leftovers(&layout, &owned_id))
                     .await;
-                Err(e)
+                // memory.events counts a child's OOM kills in the parent too: one during a
+                // failed create is the container's own limit, far clearer than the
+                // broken pipe libcontainer reports.
+                match memory_limit(&spec) {
+                    Some(limit) if stats::oom_kills(&pod_cgroup) > pod_ooms => {
+                        Err(ContainerError::MemoryTooSmall {
+                            limit,
+                            source: Box::new(e),
+                        })
+                    }
+                    _ => Err(e),
+                }
             }
         }
     }
@@ -255,6 +268,18 @@ fn discard_leftovers(layout: &super::Layout, id: &str) {
     }
     volume_mirror::remove_all(&layout.bundle(id));
     let _ = std::fs::remove_dir_all(layout.bundle(id));
+}
+
+/// The container's memory limit in bytes, if it has one.
+fn memory_limit(spec: &Spec) -> Option<i64> {
+    spec.linux()
+        .as_ref()?
+        .resources()
+        .as_ref()?
+        .memory()
+        .as_ref()?
+        .limit()
+        .filter(|l| *l > 0)
 }
 
 /// Writes the pod's network sysctls (small /proc writes, off the async workers).

@@ -8,6 +8,7 @@ pub mod cgroup;
 mod control;
 mod create;
 pub mod freezer;
+mod guest_devices;
 pub mod ids;
 pub mod layout;
 mod lifecycle;
@@ -103,6 +104,15 @@ pub enum ContainerError {
     ExitLost(i32),
     #[error(transparent)]
     Volume(#[from] volume_mirror::MirrorError),
+    #[error(
+        "the container's memory limit ({limit} bytes) is too small for it to start: it was \
+         OOM-killed while starting ({source}); raise the limit"
+    )]
+    MemoryTooSmall {
+        limit: i64,
+        #[source]
+        source: Box<ContainerError>,
+    },
     #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }

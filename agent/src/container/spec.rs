@@ -8,6 +8,7 @@
 //!   VM's network, which *is* the pod's network namespace (so the agent applies the pod's
 //!   `net.*` sysctls itself, see `sysctl`);
 //! - cgroups go to `/husk/<id>` on cgroup v2;
+//! - a privileged container (one allowed every device) gets the guest's devices;
 //! - hooks (host binaries) and AppArmor/SELinux labels (absent in the guest) are removed.
 //!
 //! Seccomp, capabilities, no_new_privileges, rlimits, user, env, cwd and args are kept as given.
@@ -16,6 +17,8 @@ use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, Process, Spec};
 use thiserror::Error;
+
+use super::guest_devices;
 
 /// Parent cgroup of every container, relative to the cgroup v2 root.
 pub const CGROUP_PARENT: &str = "husk";
@@ -112,9 +115,11 @@ pub fn adjust_for_guest(
 
     spec.set_hooks(None);
 
+    let privileged = guest_devices::is_privileged(spec);
     let linux = spec.linux_mut().as_mut().ok_or(SpecError::MissingLinux)?;
     linux.set_mount_label(None);
     linux.set_cgroups_path(Some(cgroups_path(id)));
+
     // containerd asks for "rslave"/"rshared" (runc's names); libcontainer knows only the
     // plain names and always applies them recursively.
     if let Some(p) = linux.rootfs_propagation().as_deref() {
@@ -124,6 +129,9 @@ pub fn adjust_for_guest(
         if let Some(plain) = plain {
             linux.set_rootfs_propagation(Some(plain.to_owned()));
         }
+    }
+    if privileged {
+        linux.set_devices(Some(guest_devices::list(Path::new("/dev"))));
     }
     let mut namespaces = linux.namespaces().clone().unwrap_or_default();
     namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network || ns.path().is_some());
@@ -249,6 +257,38 @@ mod tests {
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.mount_label().is_none());
         assert!(linux.seccomp().is_some());
+    }
+
+    #[test]
+    fn a_container_allowed_every_device_gets_the_guests() {
+        let mut spec = spec_with_root("/run/husk/shared/c1/rootfs");
+        let resources: LinuxResources = serde_json::from_value(serde_json::json!({
+            "devices": [{"allow": false, "access": "rwm"}, {"allow": true, "access": "rwm"}]
+        }))
+        .unwrap();
+        if let Some(l) = spec.linux_mut() {
+            l.set_resources(Some(resources));
+        }
+        adjust_for_guest(&mut spec, "c1", Path::new("/run/husk/shared"), false).unwrap();
+        let devices = spec.linux().as_ref().unwrap().devices().clone().unwrap();
+        assert!(devices.iter().any(|d| d.path() == Path::new("/dev/null")));
+
+        let mut plain = spec_with_root("/run/husk/shared/c1/rootfs");
+        adjust_for_guest(&mut plain, "c1", Path::new("/run/husk/shared"), false).unwrap();
+        assert!(plain.linux().as_ref().unwrap().devices().is_none());
+
+        // containerd's privileged signature without the device rule: nothing masked, and
+        // CAP_SYS_ADMIN.
+        let mut unmasked: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "/run/husk/shared/c1/rootfs"},
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                        "capabilities": {"bounding": ["CAP_SYS_ADMIN"]}},
+            "linux": {}
+        }))
+        .unwrap();
+        adjust_for_guest(&mut unmasked, "c1", Path::new("/run/husk/shared"), false).unwrap();
+        assert!(unmasked.linux().as_ref().unwrap().devices().is_some());
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub fn container_code(e: &ContainerError) -> Code {
         | E::InvalidId(_)
         | E::InvalidSpec(_)
         | E::Sysctl(_)
-        | E::Volume(MirrorError::UnknownSource(_)) => Code::INVALID_ARGUMENT,
+        | E::Volume(MirrorError::UnknownSource(_))
+        | E::MemoryTooSmall { .. } => Code::INVALID_ARGUMENT,
         E::Stdio(StdioError::StderrWithTerminal) => Code::INVALID_ARGUMENT,
         E::Stdio(StdioError::NoTerminal) => Code::FAILED_PRECONDITION,
         E::Streams(RegistryError::NotAttached(_)) => Code::FAILED_PRECONDITION,

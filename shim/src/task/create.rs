@@ -15,7 +15,7 @@ use super::container::{CONTAINER_TYPE_ANNOTATION, Container};
 use super::error::{TaskError, TaskResult};
 use super::process::Process;
 use super::{PodSlot, Shim};
-use crate::container_files::RootfsSource;
+use crate::container_files::{ContainerFilesError, RootfsSource};
 use crate::guest_spec;
 use crate::ids;
 use crate::mounts::MountSpec;
@@ -153,7 +153,10 @@ impl Shim {
         let result = async {
             pod.prepare_container_files(id, rootfs, binds.clone())
                 .await
-                .map_err(|e| TaskError::internal("preparing the container's files", e))?;
+                .map_err(|e| match e {
+                    ContainerFilesError::Source(e) => TaskError::invalid(e),
+                    e => TaskError::internal("preparing the container's files", e),
+                })?;
             pod.watch_volumes(id, &binds);
             let io = ProcessIo::attach(pod.agent.as_ref(), id, "", &init.stdio, &self.log)
                 .await
