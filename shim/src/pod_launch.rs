@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use containerd_shim_protos::api::CreateTaskRequest;
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use slog::{Logger, info};
 
 use crate::config::Config;
@@ -48,8 +48,20 @@ impl PodLauncher for VmLauncher {
         let (config, path) =
             Config::resolve(explicit.as_deref().map(Path::new)).map_err(TaskError::invalid)?;
         info!(log, "booting pod VM"; "sandbox" => group, "config" => %path.display());
-        if !has_network_namespace(spec) {
+        if !has_namespace(spec, LinuxNamespaceType::Network) {
             return Err(TaskError::InvalidArgument(HOST_NETWORK_REFUSED.into()));
+        }
+        for (typ, what) in [
+            (LinuxNamespaceType::Pid, "hostPID"),
+            (LinuxNamespaceType::Ipc, "hostIPC"),
+        ] {
+            if !has_namespace(spec, typ) {
+                return Err(TaskError::InvalidArgument(format!(
+                    "husk runs each pod in its own VM with its own kernel: {what} pods see the \
+                     VM's, not the node's, so they are not supported; use another \
+                     RuntimeClass for them"
+                )));
+            }
         }
         let hostname = spec
             .hostname()
@@ -93,12 +105,11 @@ fn network_namespace_path(spec: &Spec) -> Option<PathBuf> {
 }
 
 /// A pod that shares the host's network has no network namespace in its sandbox spec.
-fn has_network_namespace(spec: &Spec) -> bool {
+/// True if the pod's sandbox asks for a namespace of type `typ` of its own: containerd
+/// leaves it out for hostNetwork, hostPID and hostIPC pods.
+fn has_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
     spec.linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
-            ns.iter()
-                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
-        })
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == typ))
 }
