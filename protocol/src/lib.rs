@@ -59,6 +59,16 @@ pub const FORWARD_VSOCK_PORT: u32 = 1026;
 /// Guest mount point of the per-pod virtio-fs share; a container's files live in
 /// `<SHARED_DIR_GUEST>/<container id>/`.
 pub const SHARED_DIR_GUEST: &str = "/run/husk/shared";
+/// The symlink kubelet's atomic writer swaps in configMap, secret, downwardAPI and
+/// projected volumes. A read-only directory volume with it on top is watched by the shim
+/// and kept by the agent as a guest copy (`SyncVolume`).
+pub const ATOMIC_DATA_LINK: &str = "..data";
+
+/// True if `dir` is an atomically updated volume: it has an [`ATOMIC_DATA_LINK`] symlink.
+pub fn is_atomic_volume(dir: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(dir.join(ATOMIC_DATA_LINK)).is_ok_and(|m| m.file_type().is_symlink())
+}
+
 /// Name of a container's rootfs directory inside its shared directory.
 pub const ROOTFS_DIR: &str = "rootfs";
 /// Kernel command-line key that sets the agent's log level (e.g. `husk.log=debug`).

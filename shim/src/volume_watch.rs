@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -19,8 +19,7 @@ use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
-/// The symlink kubelet's atomic writer swaps.
-pub const DATA_LINK: &str = "..data";
+pub use husk_protocol::{ATOMIC_DATA_LINK as DATA_LINK, is_atomic_volume};
 /// Quiet time that ends a burst of events (kubelet's update is a few syscalls apart).
 const SETTLE: Duration = Duration::from_millis(50);
 /// A burst is reported after this long even if events keep coming.
@@ -48,11 +47,6 @@ pub struct Watched {
 pub struct Change {
     pub volume: Watched,
     pub data_target: String,
-}
-
-/// True if `dir` is an atomically updated volume: a directory with a `..data` symlink.
-pub fn is_atomic_volume(dir: &Path) -> bool {
-    std::fs::symlink_metadata(dir.join(DATA_LINK)).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// The inotify instance as tokio needs it (nix gives only `AsFd`).
@@ -202,6 +196,7 @@ impl VolumeWatch {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+    use std::path::Path;
 
     fn kubelet_update(dir: &Path, generation: u32) {
         let name = format!("..gen_{generation}");

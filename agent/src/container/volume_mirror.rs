@@ -25,9 +25,7 @@ use nix::sys::stat::{UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
 use thiserror::Error;
 
-/// The symlink kubelet's atomic writer swaps; a read-only directory volume that has it at
-/// its top is kept as a guest copy.
-pub const DATA_LINK: &str = "..data";
+pub use husk_protocol::{ATOMIC_DATA_LINK as DATA_LINK, is_atomic_volume};
 /// Where a container's copies live, below its bundle directory.
 const MIRRORS_DIR: &str = "volumes";
 /// How long a sync waits for the guest's view to show the `..data` the host has (the
@@ -78,11 +76,6 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> M
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// True if `source` is an atomically updated volume (it has a `..data` symlink on top).
-pub fn is_atomic_volume(source: &Path) -> bool {
-    fs::symlink_metadata(source.join(DATA_LINK)).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// Where the copy of `source` lives: `<bundle>/volumes/<source's name>`. The name is the
