@@ -1,5 +1,5 @@
 //! Generates the ttrpc/protobuf code for `proto/agent.proto` and the messages of
-//! `proto/runtimeoptions.proto` into OUT_DIR.
+//! `proto/runtimeoptions.proto` and `proto/cri_sandbox.proto` into OUT_DIR.
 
 use std::path::{Path, PathBuf};
 
@@ -11,8 +11,13 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     println!("cargo:rerun-if-changed=proto/agent.proto");
     println!("cargo:rerun-if-changed=proto/runtimeoptions.proto");
+    println!("cargo:rerun-if-changed=proto/cri_sandbox.proto");
     Codegen::new()
-        .inputs(["proto/agent.proto", "proto/runtimeoptions.proto"])
+        .inputs([
+            "proto/agent.proto",
+            "proto/runtimeoptions.proto",
+            "proto/cri_sandbox.proto",
+        ])
         .include("proto")
         .rust_protobuf()
         .rust_protobuf_customize(ProtobufCustomize::default().gen_mod_rs(false))

@@ -23,6 +23,7 @@ pub mod helper;
 pub mod init;
 pub mod logging;
 pub mod network;
+pub mod pause;
 pub mod port_forward;
 pub mod reaper;
 pub mod sandbox;

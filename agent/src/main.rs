@@ -1,5 +1,6 @@
 //! `husk-agent`: PID 1 of a husk pod VM (or, with a hidden argument, the short-lived helper
-//! that creates container processes; see `husk_agent::helper`).
+//! that creates container processes, see `husk_agent::helper`, or the pod's pause process,
+//! see `husk_agent::pause`).
 
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ use husk_agent::sandbox::Sandbox;
 use husk_agent::server::Listeners;
 use husk_agent::service::AgentService;
 use husk_agent::stdio::StreamRegistry;
-use husk_agent::{cmdline, guest_info, helper, init, logging};
+use husk_agent::{cmdline, guest_info, helper, init, logging, pause};
 use slog::{Level, Logger, info, warn};
 
 /// Tokio workers: the pumps and RPCs are IO-bound and guests are small.
@@ -20,6 +21,10 @@ const WORKER_THREADS: usize = 2;
 
 fn main() -> ExitCode {
     let pid1 = std::process::id() == 1;
+    if std::env::args().nth(1).as_deref() == Some(pause::PAUSE_ARG) {
+        // PID 1 of the pod's PID namespace, not of the VM: the pod's pause process.
+        return ExitCode::from(u8::try_from(pause::run()).unwrap_or(1));
+    }
     if !pid1 && std::env::args().nth(1).as_deref() == Some(helper::HELPER_ARG) {
         // Errors travel back over the helper socket when it still works; the exit code is
         // all that is left otherwise.

@@ -1,7 +1,7 @@
 //! The shim <-> agent contract: the ttrpc `Agent` service (generated from `proto/agent.proto`),
 //! the vsock ports, the guest paths both sides agree on, and the header that opens a stdio
 //! stream on the IO port. Also the one containerd message the shim decodes that no crate
-//! carries: [`runtimeoptions`], CRI's runtime options.
+//! carries: [`runtimeoptions`], CRI's runtime options, and [`cri_sandbox`], CRI's pod config.
 
 pub mod guest_text;
 pub mod io_stream;
@@ -46,6 +46,20 @@ pub mod runtimeoptions {
     include!(concat!(env!("OUT_DIR"), "/agent/runtimeoptions.rs"));
 }
 
+/// The part of CRI's `runtime.v1.PodSandboxConfig` the shim reads (generated from
+/// `proto/cri_sandbox.proto`): containerd 2.x's Sandbox API passes it to CreateSandbox.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+#[allow(warnings, unused_qualifications)]
+pub mod cri_sandbox {
+    include!(concat!(env!("OUT_DIR"), "/agent/cri_sandbox.rs"));
+}
+
 pub use protobuf;
 pub use ttrpc;
 
@@ -59,6 +73,11 @@ pub const FORWARD_VSOCK_PORT: u32 = 1026;
 /// Guest mount point of the per-pod virtio-fs share; a container's files live in
 /// `<SHARED_DIR_GUEST>/<container id>/`.
 pub const SHARED_DIR_GUEST: &str = "/run/husk/shared";
+/// The agent's binary in the guest (the VM's init).
+pub const GUEST_AGENT_PATH: &str = "/init";
+/// The argument that makes the agent's binary a pod's pause process (Sandbox API pods, which
+/// have no pause image).
+pub const PAUSE_ARG: &str = "--husk-pause";
 /// The symlink kubelet's atomic writer swaps in configMap, secret, downwardAPI and
 /// projected volumes. A read-only directory volume with it on top is watched by the shim
 /// and kept by the agent as a guest copy (`SyncVolume`).

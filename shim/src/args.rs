@@ -32,6 +32,9 @@ pub struct Args {
     pub id: String,
     pub bundle: String,
     pub debug: bool,
+    /// The husk configuration file containerd's runtime options name (`ConfigPath`);
+    /// `start` reads the options and hands this to the daemon (`-husk-config`).
+    pub config_path: String,
     pub action: Action,
 }
 
@@ -44,6 +47,7 @@ const VALUE_FLAGS: &[&str] = &[
     "bundle",
     "socket",
     "ttrpc-address",
+    "husk-config",
 ];
 
 impl Args {
@@ -55,6 +59,7 @@ impl Args {
             id: String::new(),
             bundle: String::new(),
             debug: false,
+            config_path: String::new(),
             action: Action::Serve,
         };
         let mut it = argv.into_iter().skip(1);
@@ -85,6 +90,7 @@ impl Args {
                     "publish-binary" => args.publish_binary = value,
                     "id" => args.id = value,
                     "bundle" => args.bundle = value,
+                    "husk-config" => args.config_path = value,
                     _ => {}
                 }
             } else {
@@ -113,6 +119,9 @@ impl Args {
         }
         if self.debug {
             f.push("-debug".into());
+        }
+        if !self.config_path.is_empty() {
+            f.extend(["-husk-config".into(), self.config_path.clone()]);
         }
         f
     }
@@ -161,13 +170,20 @@ mod tests {
 
     #[test]
     fn daemon_flags_round_trip() {
-        let a = parse("-namespace ns -address /a -id x -debug start").unwrap();
+        let mut a = parse("-namespace ns -address /a -id x -debug start").unwrap();
+        a.config_path = "/etc/husk/other.toml".into();
         let again =
             Args::parse(std::iter::once("shim".to_string()).chain(a.daemon_flags())).unwrap();
         assert_eq!(again.action, Action::Serve);
         assert_eq!(
-            (again.namespace, again.address, again.id, again.debug),
-            (a.namespace, a.address, a.id, true)
+            (
+                again.namespace,
+                again.address,
+                again.id,
+                again.debug,
+                again.config_path
+            ),
+            (a.namespace, a.address, a.id, true, a.config_path)
         );
     }
 }

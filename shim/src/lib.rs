@@ -22,6 +22,7 @@ pub mod pod_dir;
 pub mod pod_launch;
 mod pod_volumes;
 pub mod runtime_options;
+pub mod sandbox;
 pub mod serve;
 pub mod sizing;
 pub mod start;

@@ -21,6 +21,7 @@ use crate::guest_spec::HostBind;
 use crate::network::{NetworkError, PodNetwork};
 use crate::pod_cgroup::{PodCgroup, PodCgroupError};
 use crate::pod_dir::{PodDir, PodDirError};
+use crate::sandbox::{PodFileDirs, PodFiles, PodFilesError, pod_files};
 use crate::sizing::PodSize;
 use crate::volume_watch::VolumeWatch;
 
@@ -75,6 +76,8 @@ pub trait PodHost: Send + Sync {
         let _ = relative;
         None
     }
+    /// Writes a Sandbox API pod's files ([`crate::sandbox::pod_files`]).
+    async fn write_pod_files(&self, files: &PodFiles) -> Result<PodFileDirs, PodFilesError>;
     /// Removes everything (after the VM stopped). Never fails: what cannot be cleaned is
     /// logged.
     async fn remove(&self);
@@ -302,6 +305,19 @@ impl PodHost for HostState {
 
     fn share_path(&self, relative: &Path) -> Option<PathBuf> {
         Some(self.dir.host().join(relative))
+    }
+
+    /// Off the async runtime: writes and a mount.
+    async fn write_pod_files(&self, files: &PodFiles) -> Result<PodFileDirs, PodFilesError> {
+        let (dir, files) = (self.dir.pod_files(), files.clone());
+        tokio::task::spawn_blocking(move || pod_files::write(&dir, &files))
+            .await
+            .unwrap_or_else(|join| {
+                Err(PodFilesError::Write {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other(join),
+                })
+            })
     }
 
     async fn remove(&self) {

@@ -106,6 +106,11 @@ impl PodDir {
         self.root.join("staging")
     }
 
+    /// A Sandbox API pod's files (`crate::sandbox::pod_files`), on the state tmpfs.
+    pub fn pod_files(&self) -> PathBuf {
+        self.root.join("pod-files")
+    }
+
     pub fn vsock_uds(&self) -> PathBuf {
         self.root.join("vm/vsock.sock")
     }

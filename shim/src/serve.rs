@@ -1,4 +1,5 @@
-//! The serving daemon `start` spawned: the task API on the socket inherited as fd 3, until
+//! The serving daemon `start` spawned: the task API (and containerd 2.x's Sandbox API) on
+//! the socket inherited as fd 3, until
 //! the pod is gone or containerd/systemd asks us to stop.
 
 use std::os::fd::FromRawFd;
@@ -14,6 +15,7 @@ use crate::args::Args;
 use crate::events::Publisher;
 use crate::isolation;
 use crate::pod_launch::VmLauncher;
+use crate::sandbox::service::sandbox_services;
 use crate::task::{Shim, task_services};
 
 /// containerd passes the listening socket as fd 3.
@@ -65,16 +67,18 @@ async fn serve(
         args.namespace.clone(),
         log.clone(),
     );
-    let shim = Shim::new(
+    let shim = Shim::with_config_path(
         args.namespace.clone(),
         socket.clone(),
         publisher,
         Arc::new(VmLauncher),
+        Some(args.config_path.clone()).filter(|p| !p.is_empty()),
         log.clone(),
     );
     let mut server = ttrpc::asynchronous::Server::new()
         .add_listener(listener)
-        .register_service(task_services(shim.clone()));
+        .register_service(task_services(shim.clone()))
+        .register_service(sandbox_services(shim.clone()));
     server.start().await.context("starting the ttrpc server")?;
     info!(log, "shim serving"; "socket" => %socket.display(), "namespace" => &args.namespace, "pid" => std::process::id());
 

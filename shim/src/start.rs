@@ -3,14 +3,16 @@
 //! `io.kubernetes.cri.sandbox-id`) share one shim and therefore one VM; a container without
 //! that annotation is a pod of its own.
 
-use std::io::ErrorKind;
-use std::os::fd::AsRawFd;
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use sha2::{Digest, Sha256};
 
 use crate::args::Args;
@@ -19,11 +21,15 @@ use crate::args::Args;
 const SOCKET_DIR: &str = "/run/containerd/s";
 /// Annotation CRI sets on every container of a pod, naming the pod's sandbox.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// containerd's runtime options are a few hundred bytes.
+const MAX_OPTIONS_BYTES: u64 = 1024 * 1024;
 /// File in the bundle holding the shim address (containerd reads it when it restarts).
 const ADDRESS_FILE: &str = "address";
 
 pub fn run(args: &Args) -> Result<()> {
     let bundle = std::env::current_dir().context("reading the bundle directory (cwd)")?;
+    let mut args = args.clone();
+    args.config_path = read_options_config_path(std::io::stdin().lock());
     let group = grouping_id(&bundle, &args.id);
     let socket = socket_path(&args.address, &args.namespace, &group);
     let address = format!("unix://{}", socket.display());
@@ -51,11 +57,34 @@ pub fn run(args: &Args) -> Result<()> {
             Err(e) => return Err(e).with_context(|| format!("binding shim socket {socket:?}")),
         }
     };
-    if let Err(e) = spawn_daemon(args, &bundle, &listener) {
+    if let Err(e) = spawn_daemon(&args, &bundle, &listener) {
         let _ = std::fs::remove_file(&socket);
         return Err(e);
     }
     announce(&bundle, &address)
+}
+
+/// containerd writes the runtime options (a protobuf `Any`) to `start`'s stdin. A Sandbox
+/// API pod hears of them nowhere else, so their `ConfigPath` goes to the daemon. Options
+/// that do not decode, or are larger than any real ones, are ignored like any other
+/// runtime's options; a terminal on stdin (a person running `start`) is not read.
+fn read_options_config_path(stdin: impl Read + AsFd) -> String {
+    if std::io::IsTerminal::is_terminal(&stdin.as_fd()) {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    if stdin
+        .take(MAX_OPTIONS_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .is_err()
+        || bytes.len() as u64 > MAX_OPTIONS_BYTES
+    {
+        return String::new();
+    }
+    Any::parse_from_bytes(&bytes)
+        .ok()
+        .and_then(|any| crate::runtime_options::config_path(Some(&any)))
+        .unwrap_or_default()
 }
 
 fn announce(bundle: &Path, address: &str) -> Result<()> {
@@ -130,6 +159,24 @@ mod tests {
         assert_eq!(grouping_id(d.path(), "c1"), "pod9");
         std::fs::write(d.path().join("config.json"), "not json").unwrap();
         assert_eq!(grouping_id(d.path(), "c1"), "c1");
+    }
+
+    #[test]
+    fn reads_the_config_path_of_the_runtime_options_on_stdin() {
+        let mut options = husk_protocol::runtimeoptions::Options::new();
+        options.config_path = "/etc/husk/other.toml".into();
+        let mut any = Any::new();
+        any.type_url = "runtimeoptions.v1.Options".into();
+        any.value = options.write_to_bytes().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("stdin");
+        std::fs::write(&path, any.write_to_bytes().unwrap()).unwrap();
+        let read = |p: &Path| read_options_config_path(std::fs::File::open(p).unwrap());
+        assert_eq!(read(&path), "/etc/husk/other.toml");
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(read(&path), "", "no options");
+        std::fs::write(&path, b"\xff\xff\xff").unwrap();
+        assert_eq!(read(&path), "", "options that do not decode");
     }
 
     #[test]

@@ -117,3 +117,8 @@ fn attach_and_log_reopen_on_containerd_1_6() -> Result<()> {
 fn attach_and_log_reopen_on_containerd_2() -> Result<()> {
     attach_and_logs(ContainerdFlavour::V2)
 }
+
+#[test]
+fn attach_and_log_reopen_on_containerd_2_sandbox_api() -> Result<()> {
+    attach_and_logs(ContainerdFlavour::V2SandboxApi)
+}

@@ -17,7 +17,22 @@ const STREAM_BOUND: Duration = Duration::from_secs(60);
 
 #[test]
 fn cri_exec_sync_output_exit_code_and_timeout() -> Result<()> {
-    let w = CriWorld::start("cri-exec-sync", ContainerdFlavour::System)?;
+    cri_exec_sync_output_exit_code_and_timeout_on(ContainerdFlavour::System, "cri-exec-sync")
+}
+
+#[test]
+fn cri_exec_sync_output_exit_code_and_timeout_sandbox_api() -> Result<()> {
+    cri_exec_sync_output_exit_code_and_timeout_on(
+        ContainerdFlavour::V2SandboxApi,
+        "cri-exec-sync-sb",
+    )
+}
+
+fn cri_exec_sync_output_exit_code_and_timeout_on(
+    flavour: ContainerdFlavour,
+    name: &str,
+) -> Result<()> {
+    let w = CriWorld::start(name, flavour)?;
     let c = w.client();
     let (pod, cfg) = w.run_pod("execsync")?;
     let id = w.start_container(&pod, &cfg, "app", &["sleep", "1000000"])?;
@@ -84,7 +99,16 @@ const TTY_SCRIPT: &str = "wait_size() { i=0; while [ $i -lt 100 ]; do s=$(stty s
 
 #[test]
 fn cri_streaming_exec_with_tty_and_resize() -> Result<()> {
-    let w = CriWorld::start("cri-exec-tty", ContainerdFlavour::System)?;
+    cri_streaming_exec_with_tty_and_resize_on(ContainerdFlavour::System, "cri-exec-tty")
+}
+
+#[test]
+fn cri_streaming_exec_with_tty_and_resize_sandbox_api() -> Result<()> {
+    cri_streaming_exec_with_tty_and_resize_on(ContainerdFlavour::V2SandboxApi, "cri-exec-tty-sb")
+}
+
+fn cri_streaming_exec_with_tty_and_resize_on(flavour: ContainerdFlavour, name: &str) -> Result<()> {
+    let w = CriWorld::start(name, flavour)?;
     let c = w.client();
     let (pod, cfg) = w.run_pod("exectty")?;
     let id = w.start_container(&pod, &cfg, "app", &["sleep", "1000000"])?;

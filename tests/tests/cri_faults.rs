@@ -1,6 +1,7 @@
 //! A pod whose VMM dies (SIGKILL of its QEMU): CRI sees the containers exit and no call
-//! hangs, the shim exits within 5 s, StopPodSandbox/RemovePodSandbox still succeed and
-//! nothing is left behind.
+//! hangs, the shim exits within 5 s (a Sandbox API pod's shim once RemovePodSandbox shut
+//! it down; the pod goes NotReady at once), StopPodSandbox/RemovePodSandbox still succeed
+//! and nothing is left behind.
 
 mod cri_common;
 
@@ -10,6 +11,7 @@ use anyhow::{Result, ensure};
 use cri_common::{running, wait_exited, wait_until};
 use husk_tests::ContainerdFlavour;
 use husk_tests::cri::{CriResult, CriWorld};
+use k8s_cri::v1::PodSandboxState;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -27,7 +29,16 @@ fn bounded<T>(what: &str, f: impl FnOnce() -> CriResult<T>) -> Result<CriResult<
 
 #[test]
 fn cri_killed_vmm_ends_the_pod() -> Result<()> {
-    let w = CriWorld::start("cri-deadvmm", ContainerdFlavour::System)?;
+    cri_killed_vmm_ends_the_pod_on(ContainerdFlavour::System, "cri-deadvmm")
+}
+
+#[test]
+fn cri_killed_vmm_ends_the_pod_sandbox_api() -> Result<()> {
+    cri_killed_vmm_ends_the_pod_on(ContainerdFlavour::V2SandboxApi, "cri-deadvmm-sb")
+}
+
+fn cri_killed_vmm_ends_the_pod_on(flavour: ContainerdFlavour, name: &str) -> Result<()> {
+    let w = CriWorld::start(name, flavour)?;
     let c = w.client();
     let (pod, cfg) = w.run_pod("deadvmm")?;
     let a = w.start_container(&pod, &cfg, "a", &["sleep", "1000000"])?;
@@ -48,15 +59,30 @@ fn cri_killed_vmm_ends_the_pod() -> Result<()> {
     let killed = Instant::now();
     kill(Pid::from_raw(vmms[0].pid), Signal::SIGKILL)?;
 
+    // A Sandbox API pod's shim stays for containerd's StopSandbox and ShutdownSandbox; it
+    // tells containerd through WaitSandbox that the pod is gone.
+    let sandbox_api = flavour == ContainerdFlavour::V2SandboxApi;
     let shim_gone = wait_until(
-        "the shim and virtiofsd exiting after the VMM was killed",
+        "the shim (unless the Sandbox API keeps it) and virtiofsd exiting after the VMM was killed",
         Duration::from_secs(5),
         || {
-            CriWorld::processes("containerd-shim-husk-v2", &pod).is_empty()
+            (sandbox_api || CriWorld::processes("containerd-shim-husk-v2", &pod).is_empty())
                 && CriWorld::processes("virtiofsd", &pod).is_empty()
         },
     )?;
     eprintln!("shim gone {shim_gone:?} after SIGKILL of the VMM");
+    if sandbox_api {
+        wait_until(
+            "PodSandboxStatus saying NOTREADY after the VMM was killed",
+            Duration::from_secs(10),
+            || {
+                c.pod_sandbox_status(&pod, false)
+                    .ok()
+                    .and_then(|s| s.status)
+                    .is_some_and(|s| s.state == PodSandboxState::SandboxNotready as i32)
+            },
+        )?;
+    }
     for id in [&a, &b] {
         bounded("ContainerStatus", || c.container_status(id))??;
         let s = wait_exited(c, id, Duration::from_secs(10))?;
@@ -84,6 +110,11 @@ fn cri_killed_vmm_ends_the_pod() -> Result<()> {
     }
     bounded("StopPodSandbox", || c.stop_pod_sandbox(&pod))??;
     bounded("RemovePodSandbox", || c.remove_pod_sandbox(&pod))??;
+    wait_until(
+        "the shim exiting after RemovePodSandbox",
+        Duration::from_secs(5),
+        || CriWorld::processes("containerd-shim-husk-v2", &pod).is_empty(),
+    )?;
     w.finish()?;
     Ok(())
 }

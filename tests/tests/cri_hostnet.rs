@@ -42,6 +42,19 @@ fn host_namespaces_are_refused(flavour: ContainerdFlavour) -> Result<()> {
         ),
     ];
     for (name, named, options) in cases {
+        if flavour == ContainerdFlavour::V2SandboxApi
+            && name == "hostnet"
+            && !crashes_fixed(w.containerd().version())
+        {
+            // containerd itself crashes (a nil spec in NewBundle) on a host-network pod
+            // with a shim sandboxer, before any shim hears of it; fixed in 2.3.0 (commit
+            // b32cecd). The shim's refusal is covered by its unit tests.
+            eprintln!(
+                "containerd {} cannot be asked for a host-network Sandbox API pod; skipping that case",
+                w.containerd().version()
+            );
+            continue;
+        }
         let mut cfg = w.pod_config(name)?;
         if let Some(ctx) = cfg.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
             ctx.namespace_options = Some(options);
@@ -68,6 +81,14 @@ fn host_namespaces_are_refused(flavour: ContainerdFlavour) -> Result<()> {
     Ok(())
 }
 
+/// containerd 2.3 or newer: it no longer crashes on host-network pods of a shim sandboxer.
+fn crashes_fixed(version: &str) -> bool {
+    let mut parts = version.split(['.', '+', '~', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (2, 3)
+}
+
 #[test]
 fn cri_host_namespace_pods_are_refused_containerd_1_6() -> Result<()> {
     host_namespaces_are_refused(ContainerdFlavour::System)
@@ -76,4 +97,9 @@ fn cri_host_namespace_pods_are_refused_containerd_1_6() -> Result<()> {
 #[test]
 fn cri_host_namespace_pods_are_refused_containerd_2() -> Result<()> {
     host_namespaces_are_refused(ContainerdFlavour::V2)
+}
+
+#[test]
+fn cri_host_namespace_pods_are_refused_containerd_2_sandbox_api() -> Result<()> {
+    host_namespaces_are_refused(ContainerdFlavour::V2SandboxApi)
 }

@@ -75,9 +75,16 @@ fn scratch_images_run(flavour: ContainerdFlavour) -> Result<()> {
          PATH-less sandbox"
     );
     let lines: Vec<&str> = pause.lines().collect();
+    // With the Sandbox API there is no pause image: the shim runs the agent's binary as the
+    // pause process, also without PATH and as 65535.
+    let pause_command = if flavour == ContainerdFlavour::V2SandboxApi {
+        "/pause --husk-pause".to_owned()
+    } else {
+        PAUSE_COMMAND.join(" ")
+    };
     ensure!(
-        lines.first().map(|l| l.trim()) == Some(PAUSE_COMMAND.join(" ").as_str()),
-        "PID 1 of the pod is not the pause image's command: {pause:?}"
+        lines.first().map(|l| l.trim()) == Some(pause_command.as_str()),
+        "PID 1 of the pod is not the pause command {pause_command:?}: {pause:?}"
     );
     for line in &lines[1..] {
         ensure!(
@@ -115,4 +122,9 @@ fn scratch_images_run_on_containerd_1_6() -> Result<()> {
 #[test]
 fn scratch_images_run_on_containerd_2() -> Result<()> {
     scratch_images_run(ContainerdFlavour::V2)
+}
+
+#[test]
+fn scratch_images_run_on_containerd_2_sandbox_api() -> Result<()> {
+    scratch_images_run(ContainerdFlavour::V2SandboxApi)
 }

@@ -178,10 +178,24 @@ fn cri_pod_lifecycle_containerd_2() -> Result<()> {
     lifecycle(ContainerdFlavour::V2)
 }
 
+#[test]
+fn cri_pod_lifecycle_containerd_2_sandbox_api() -> Result<()> {
+    lifecycle(ContainerdFlavour::V2SandboxApi)
+}
+
 /// Two pods get two VMs: two QEMUs, two guest kernels.
 #[test]
 fn cri_two_pods_get_two_vms() -> Result<()> {
-    let w = CriWorld::start("cri-two-pods", ContainerdFlavour::System)?;
+    cri_two_pods_get_two_vms_on(ContainerdFlavour::System, "cri-two-pods")
+}
+
+#[test]
+fn cri_two_pods_get_two_vms_sandbox_api() -> Result<()> {
+    cri_two_pods_get_two_vms_on(ContainerdFlavour::V2SandboxApi, "cri-two-pods-sb")
+}
+
+fn cri_two_pods_get_two_vms_on(flavour: ContainerdFlavour, name: &str) -> Result<()> {
+    let w = CriWorld::start(name, flavour)?;
     let c = w.client();
     let (p1, cfg1) = w.run_pod("pod-one")?;
     let (p2, cfg2) = w.run_pod("pod-two")?;

@@ -86,7 +86,22 @@ fn reassemble(log: &str) -> Result<(String, String)> {
 
 #[test]
 fn cri_log_file_holds_exactly_what_the_container_printed() -> Result<()> {
-    let w = CriWorld::start("cri-logs", ContainerdFlavour::System)?;
+    cri_log_file_holds_exactly_what_the_container_printed_on(ContainerdFlavour::System, "cri-logs")
+}
+
+#[test]
+fn cri_log_file_holds_exactly_what_the_container_printed_sandbox_api() -> Result<()> {
+    cri_log_file_holds_exactly_what_the_container_printed_on(
+        ContainerdFlavour::V2SandboxApi,
+        "cri-logs-sb",
+    )
+}
+
+fn cri_log_file_holds_exactly_what_the_container_printed_on(
+    flavour: ContainerdFlavour,
+    name: &str,
+) -> Result<()> {
+    let w = CriWorld::start(name, flavour)?;
     let c = w.client();
     let (pod, cfg) = w.run_pod("logs")?;
     let script = format!(

@@ -86,7 +86,22 @@ impl Client {
 
 #[test]
 fn cri_pod_ip_answers_http_from_inside_the_vm() -> Result<()> {
-    let w = CriWorld::start("cri-net-http", ContainerdFlavour::System)?;
+    cri_pod_ip_answers_http_from_inside_the_vm_on(ContainerdFlavour::System, "cri-net-http")
+}
+
+#[test]
+fn cri_pod_ip_answers_http_from_inside_the_vm_sandbox_api() -> Result<()> {
+    cri_pod_ip_answers_http_from_inside_the_vm_on(
+        ContainerdFlavour::V2SandboxApi,
+        "cri-net-http-sb",
+    )
+}
+
+fn cri_pod_ip_answers_http_from_inside_the_vm_on(
+    flavour: ContainerdFlavour,
+    name: &str,
+) -> Result<()> {
+    let w = CriWorld::start(name, flavour)?;
     let c = w.client();
     let (pod, cfg) = w.run_pod("web")?;
     let status = c.pod_sandbox_status(&pod, false)?;
@@ -177,7 +192,22 @@ fn pod_ip(c: &husk_tests::cri::CriClient, pod: &str) -> Result<Ipv4Addr> {
 
 #[test]
 fn cri_pods_reach_each_other_and_the_bridge_containerd_2() -> Result<()> {
-    let w = CriWorld::start("cri-net-pods", ContainerdFlavour::V2)?;
+    cri_pods_reach_each_other_and_the_bridge_containerd_2_on(ContainerdFlavour::V2, "cri-net-pods")
+}
+
+#[test]
+fn cri_pods_reach_each_other_and_the_bridge_containerd_2_sandbox_api() -> Result<()> {
+    cri_pods_reach_each_other_and_the_bridge_containerd_2_on(
+        ContainerdFlavour::V2SandboxApi,
+        "cri-net-pods-sb",
+    )
+}
+
+fn cri_pods_reach_each_other_and_the_bridge_containerd_2_on(
+    flavour: ContainerdFlavour,
+    name: &str,
+) -> Result<()> {
+    let w = CriWorld::start(name, flavour)?;
     let c = w.client();
     let (server_pod, server_cfg) = w.run_pod("server")?;
     let script =
@@ -294,4 +324,9 @@ fn cri_host_port_reaches_the_pod() -> Result<()> {
 #[test]
 fn cri_host_port_reaches_the_pod_containerd_2() -> Result<()> {
     host_port_reaches_the_pod(ContainerdFlavour::V2, "cri-net-hp2")
+}
+
+#[test]
+fn cri_host_port_reaches_the_pod_containerd_2_sandbox_api() -> Result<()> {
+    host_port_reaches_the_pod(ContainerdFlavour::V2SandboxApi, "cri-net-hp2-sb")
 }

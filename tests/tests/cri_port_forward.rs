@@ -202,3 +202,8 @@ fn cri_port_forward_reaches_the_guest() -> Result<()> {
 fn cri_port_forward_reaches_the_guest_containerd_2() -> Result<()> {
     port_forward_reaches_the_guest(ContainerdFlavour::V2, "cri-pf2")
 }
+
+#[test]
+fn cri_port_forward_reaches_the_guest_containerd_2_sandbox_api() -> Result<()> {
+    port_forward_reaches_the_guest(ContainerdFlavour::V2SandboxApi, "cri-pf2-sb")
+}

@@ -144,3 +144,8 @@ fn resources_on_containerd_1_6() -> Result<()> {
 fn resources_on_containerd_2() -> Result<()> {
     resources(ContainerdFlavour::V2)
 }
+
+#[test]
+fn resources_on_containerd_2_sandbox_api() -> Result<()> {
+    resources(ContainerdFlavour::V2SandboxApi)
+}

@@ -71,3 +71,8 @@ fn containerd_restart_on_1_6() -> Result<()> {
 fn containerd_restart_on_2() -> Result<()> {
     restart(ContainerdFlavour::V2)
 }
+
+#[test]
+fn containerd_restart_on_2_sandbox_api() -> Result<()> {
+    restart(ContainerdFlavour::V2SandboxApi)
+}

@@ -234,3 +234,8 @@ fn security_context_on_containerd_1_6() -> Result<()> {
 fn security_context_on_containerd_2() -> Result<()> {
     security(ContainerdFlavour::V2)
 }
+
+#[test]
+fn security_context_on_containerd_2_sandbox_api() -> Result<()> {
+    security(ContainerdFlavour::V2SandboxApi)
+}

@@ -94,6 +94,16 @@ fn leading_number(s: &str) -> Option<i64> {
 
 #[test]
 fn cri_pod_vm_is_sized_from_the_sandbox_annotations() -> Result<()> {
+    sized(ContainerdFlavour::System, "cri-sizing")
+}
+
+/// With the Sandbox API the same limits come from CRI's pod config, not annotations.
+#[test]
+fn cri_pod_vm_is_sized_from_the_pod_config_sandbox_api() -> Result<()> {
+    sized(ContainerdFlavour::V2SandboxApi, "cri-sizing-sb")
+}
+
+fn sized(flavour: ContainerdFlavour, name: &str) -> Result<()> {
     let d = defaults()?;
     let host_cpus = i64::try_from(std::thread::available_parallelism()?.get())?;
     let want_vcpus = (d.overhead_vcpus + (QUOTA + PERIOD - 1) / PERIOD).min(host_cpus);
@@ -103,7 +113,7 @@ fn cri_pod_vm_is_sized_from_the_sandbox_annotations() -> Result<()> {
         "the test's limits give the default size ({d:?}): it would prove nothing"
     );
 
-    let w = CriWorld::start("cri-sizing", ContainerdFlavour::System)?;
+    let w = CriWorld::start(name, flavour)?;
     let c = w.client();
     let sized_cfg = specs::with_resources(w.pod_config("sized")?, QUOTA, PERIOD, MEMORY_MIB * MIB);
     let sized = w.run_pod_with(&sized_cfg)?;

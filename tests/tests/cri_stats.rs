@@ -177,3 +177,8 @@ fn stats_on_containerd_1_6() -> Result<()> {
 fn stats_on_containerd_2() -> Result<()> {
     stats(ContainerdFlavour::V2)
 }
+
+#[test]
+fn stats_on_containerd_2_sandbox_api() -> Result<()> {
+    stats(ContainerdFlavour::V2SandboxApi)
+}

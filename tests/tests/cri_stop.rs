@@ -18,7 +18,22 @@ const GRACE: u64 = 4;
 
 #[test]
 fn cri_stop_container_grace_period_exit_codes_and_reasons() -> Result<()> {
-    let w = CriWorld::start("cri-stop", ContainerdFlavour::System)?;
+    cri_stop_container_grace_period_exit_codes_and_reasons_on(ContainerdFlavour::System, "cri-stop")
+}
+
+#[test]
+fn cri_stop_container_grace_period_exit_codes_and_reasons_sandbox_api() -> Result<()> {
+    cri_stop_container_grace_period_exit_codes_and_reasons_on(
+        ContainerdFlavour::V2SandboxApi,
+        "cri-stop-sb",
+    )
+}
+
+fn cri_stop_container_grace_period_exit_codes_and_reasons_on(
+    flavour: ContainerdFlavour,
+    name: &str,
+) -> Result<()> {
+    let w = CriWorld::start(name, flavour)?;
     let c = w.client();
     let (pod, cfg) = w.run_pod("stop")?;
 
@@ -116,7 +131,22 @@ fn cri_stop_container_grace_period_exit_codes_and_reasons() -> Result<()> {
 /// then removes the containers too and leaves nothing behind.
 #[test]
 fn cri_stop_pod_sandbox_with_running_containers() -> Result<()> {
-    let w = CriWorld::start("cri-stop-pod", ContainerdFlavour::System)?;
+    cri_stop_pod_sandbox_with_running_containers_on(ContainerdFlavour::System, "cri-stop-pod")
+}
+
+#[test]
+fn cri_stop_pod_sandbox_with_running_containers_sandbox_api() -> Result<()> {
+    cri_stop_pod_sandbox_with_running_containers_on(
+        ContainerdFlavour::V2SandboxApi,
+        "cri-stop-pod-sb",
+    )
+}
+
+fn cri_stop_pod_sandbox_with_running_containers_on(
+    flavour: ContainerdFlavour,
+    name: &str,
+) -> Result<()> {
+    let w = CriWorld::start(name, flavour)?;
     let c = w.client();
     let (pod, cfg) = w.run_pod("stoppod")?;
     let a = w.start_container(&pod, &cfg, "a", &["sleep", "1000000"])?;

@@ -15,7 +15,16 @@ use husk_tests::cri::CriWorld;
 
 #[test]
 fn cri_pod_sysctls_apply_in_the_guest() -> Result<()> {
-    let w = CriWorld::start("cri-sysctls", ContainerdFlavour::System)?;
+    cri_pod_sysctls_apply_in_the_guest_on(ContainerdFlavour::System, "cri-sysctls")
+}
+
+#[test]
+fn cri_pod_sysctls_apply_in_the_guest_sandbox_api() -> Result<()> {
+    cri_pod_sysctls_apply_in_the_guest_on(ContainerdFlavour::V2SandboxApi, "cri-sysctls-sb")
+}
+
+fn cri_pod_sysctls_apply_in_the_guest_on(flavour: ContainerdFlavour, name: &str) -> Result<()> {
+    let w = CriWorld::start(name, flavour)?;
     let c = w.client();
     let mut cfg = w.pod_config("sysctls")?;
     if let Some(linux) = cfg.linux.as_mut() {

@@ -106,3 +106,8 @@ fn volume_errors_on_containerd_1_6() -> Result<()> {
 fn volume_errors_on_containerd_2() -> Result<()> {
     errors(ContainerdFlavour::V2)
 }
+
+#[test]
+fn volume_errors_on_containerd_2_sandbox_api() -> Result<()> {
+    errors(ContainerdFlavour::V2SandboxApi)
+}

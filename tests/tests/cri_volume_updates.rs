@@ -201,3 +201,8 @@ fn volume_updates_on_containerd_1_6() -> Result<()> {
 fn volume_updates_on_containerd_2() -> Result<()> {
     updates(ContainerdFlavour::V2)
 }
+
+#[test]
+fn volume_updates_on_containerd_2_sandbox_api() -> Result<()> {
+    updates(ContainerdFlavour::V2SandboxApi)
+}

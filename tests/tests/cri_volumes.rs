@@ -200,3 +200,8 @@ fn volumes_on_containerd_1_6() -> Result<()> {
 fn volumes_on_containerd_2() -> Result<()> {
     volumes(ContainerdFlavour::V2)
 }
+
+#[test]
+fn volumes_on_containerd_2_sandbox_api() -> Result<()> {
+    volumes(ContainerdFlavour::V2SandboxApi)
+}

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::record;
-use super::{ContainerError, Containers, freezer, stats};
+use super::{ContainerError, Containers, freezer, spec, stats};
 
 /// How long a pause or resume may take before it is given up (and a pause undone).
 pub const FREEZE_WAIT: Duration = Duration::from_secs(5);
@@ -36,6 +36,12 @@ impl Containers {
     pub async fn stats(&self, id: &str) -> Result<stats::Figures, ContainerError> {
         self.process(id, "")?;
         let dir = self.layout.cgroup_dir(id);
+        Ok(tokio::task::spawn_blocking(move || stats::read(&dir)).await??)
+    }
+
+    /// The pod cgroup's figures: every container of the pod together.
+    pub async fn pod_stats(&self) -> Result<stats::Figures, ContainerError> {
+        let dir = self.layout.cgroup_root.join(spec::CGROUP_PARENT);
         Ok(tokio::task::spawn_blocking(move || stats::read(&dir)).await??)
     }
 }

@@ -317,25 +317,20 @@ impl Agent for AgentService {
         req: ContainerRequest,
     ) -> ttrpc::Result<ContainerStatsResponse> {
         let figures = self.containers.stats(&req.container_id).await;
-        let figures = logged(&self.log, "ContainerStats", figures)?;
-        let io = figures
-            .io
-            .into_iter()
-            .map(|d| IoDeviceStats {
-                major: d.major,
-                minor: d.minor,
-                rbytes: d.rbytes,
-                wbytes: d.wbytes,
-                rios: d.rios,
-                wios: d.wios,
-                ..Default::default()
-            })
-            .collect();
-        Ok(ContainerStatsResponse {
-            counters: figures.counters,
-            io,
-            ..Default::default()
-        })
+        Ok(stats_response(logged(
+            &self.log,
+            "ContainerStats",
+            figures,
+        )?))
+    }
+
+    async fn pod_stats(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: Empty,
+    ) -> ttrpc::Result<ContainerStatsResponse> {
+        let figures = self.containers.pod_stats().await;
+        Ok(stats_response(logged(&self.log, "PodStats", figures)?))
     }
 
     async fn tty_win_resize(
@@ -357,5 +352,26 @@ impl Agent for AgentService {
             self.containers.close_stdin(&req.container_id, &req.exec_id),
         )?;
         Ok(Empty::new())
+    }
+}
+
+fn stats_response(figures: crate::container::stats::Figures) -> ContainerStatsResponse {
+    let io = figures
+        .io
+        .into_iter()
+        .map(|d| IoDeviceStats {
+            major: d.major,
+            minor: d.minor,
+            rbytes: d.rbytes,
+            wbytes: d.wbytes,
+            rios: d.rios,
+            wios: d.wios,
+            ..Default::default()
+        })
+        .collect();
+    ContainerStatsResponse {
+        counters: figures.counters,
+        io,
+        ..Default::default()
     }
 }

@@ -256,6 +256,10 @@ impl Agent for AgentClient {
         rpc!(self, container_stats, container_req(id))
     }
 
+    async fn pod_stats(&self) -> Result<ContainerStatsResponse, AgentError> {
+        rpc!(self, pod_stats, Empty::new())
+    }
+
     async fn tty_resize(
         &self,
         id: &str,

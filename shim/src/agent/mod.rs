@@ -70,6 +70,8 @@ pub trait Agent: Send + Sync {
     ) -> Result<(), AgentError>;
     /// The container cgroup's figures, as the guest reports them (unchecked guest data).
     async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, AgentError>;
+    /// The same figures for the pod's guest cgroup, which holds all its containers.
+    async fn pod_stats(&self) -> Result<ContainerStatsResponse, AgentError>;
     async fn tty_resize(
         &self,
         id: &str,

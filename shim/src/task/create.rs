@@ -20,6 +20,7 @@ use crate::guest_spec;
 use crate::ids;
 use crate::mounts::MountSpec;
 use crate::pod::Pod;
+use crate::pod_launch::PodPlan;
 use crate::start::SANDBOX_ID_ANNOTATION;
 use crate::stdio::{ProcessIo, StdioPaths};
 
@@ -40,7 +41,7 @@ impl Shim {
         let (pod, booted_here) = match self.pod_for(&group, req, &spec).await {
             Ok(p) => p,
             Err(e) => {
-                if self.container_count() == 0 {
+                if self.container_count() == 0 && !self.sandbox_managed() {
                     // Nothing to serve without a pod: exit after replying.
                     self.give_up_pod(None).await;
                 }
@@ -105,6 +106,11 @@ impl Shim {
                     req.id, pod.id
                 )));
             }
+            Ok(Ok(None)) if self.sandbox_managed() => {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "sandbox {group} is not started (StartSandbox comes first)"
+                )));
+            }
             Ok(Ok(None)) => {}
             _ => {
                 return Err(TaskError::FailedPrecondition(
@@ -112,7 +118,8 @@ impl Shim {
                 ));
             }
         }
-        let pod = self.launcher.launch(group, req, spec, &self.log).await?;
+        let plan = PodPlan::from_sandbox_spec(group, req, spec)?;
+        let pod = self.launcher.launch(&plan, &self.log).await?;
         let pod = Arc::new(pod);
         if let Ok(mut slot) = self.pod.lock() {
             *slot = PodSlot::Running(pod.clone());
@@ -131,6 +138,10 @@ impl Shim {
         spec: Spec,
     ) -> TaskResult<()> {
         let id = init.container_id.as_str();
+        let mut spec = spec;
+        if let Some(dir) = self.pod_files_dir() {
+            crate::sandbox::pod_files::add_mounts(&mut spec, &dir);
+        }
         let host_root = spec.root().as_ref().map(|r| bundle.join(r.path()));
         let (guest_json, binds) = guest_spec::for_guest(spec, id, self.sandbox_guest_pid())
             .map_err(TaskError::invalid)?;

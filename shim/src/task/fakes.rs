@@ -8,11 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use containerd_shim_protos::api::CreateTaskRequest;
 use husk_hypervisor::{VmExit, VmHandle};
 use husk_protocol::agent::{ContainerStatsResponse, Stdio};
 use husk_protocol::io_stream::{StreamHeader, StreamKind};
-use oci_spec::runtime::Spec;
 use slog::Logger;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -24,7 +22,8 @@ use crate::container_files::{ContainerFilesError, RootfsSource};
 use crate::guest_spec::HostBind;
 use crate::pod::{Pod, PodHost};
 use crate::pod_dir::PodDirError;
-use crate::pod_launch::PodLauncher;
+use crate::pod_launch::{PodLauncher, PodPlan};
+use crate::sandbox::{PodFileDirs, PodFiles, PodFilesError};
 
 /// Host pid the fake VM reports (what Create returns).
 pub const VM_PID: u32 = 4242;
@@ -50,6 +49,10 @@ pub struct Guest {
     pub stats: Mutex<ContainerStatsResponse>,
     /// The OOM kills WaitProcess reports.
     pub oom_kills: Mutex<u64>,
+    /// The guest spec each container was created with.
+    pub specs: Mutex<HashMap<String, Vec<u8>>>,
+    /// Where the fake host writes a Sandbox API pod's files.
+    pod_files: tempfile::TempDir,
 }
 
 impl Guest {
@@ -63,6 +66,8 @@ impl Guest {
             launch_fails: Mutex::new(false),
             stats: Mutex::default(),
             oom_kills: Mutex::default(),
+            specs: Mutex::default(),
+            pod_files: tempfile::tempdir().unwrap(),
         })
     }
 
@@ -178,9 +183,10 @@ impl Agent for FakeAgent {
         self.0.check("configure_network")
     }
 
-    async fn create_container(&self, id: &str, _: Vec<u8>, _: Stdio) -> Result<u32, AgentError> {
+    async fn create_container(&self, id: &str, spec: Vec<u8>, _: Stdio) -> Result<u32, AgentError> {
         self.0.record(format!("create_container {id}"));
         self.0.check("create_container")?;
+        self.0.specs.lock().unwrap().insert(id.to_owned(), spec);
         self.0.add_process(id, "");
         Ok(INIT_PID)
     }
@@ -278,6 +284,12 @@ impl Agent for FakeAgent {
         Ok(self.0.stats.lock().unwrap().clone())
     }
 
+    async fn pod_stats(&self) -> Result<ContainerStatsResponse, AgentError> {
+        self.0.record("pod_stats".to_string());
+        self.0.check("pod_stats")?;
+        Ok(self.0.stats.lock().unwrap().clone())
+    }
+
     async fn tty_resize(&self, id: &str, exec_id: &str, _: u32, _: u32) -> Result<(), AgentError> {
         self.0.record(format!("tty_resize {id} {exec_id}"));
         self.0.check("tty_resize")
@@ -365,6 +377,21 @@ impl PodHost for FakeHost {
         Ok(())
     }
 
+    async fn write_pod_files(&self, files: &PodFiles) -> Result<PodFileDirs, PodFilesError> {
+        self.0.record(format!("write_pod_files {}", files.hostname));
+        let dir = self.0.pod_files.path();
+        for f in ["hostname", "hosts", "resolv.conf"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        for d in ["shm", "pause-root"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        Ok(PodFileDirs {
+            files: dir.to_path_buf(),
+            pause_root: dir.join("pause-root"),
+        })
+    }
+
     async fn remove(&self) {
         self.0.record("remove_host_state".into());
     }
@@ -375,13 +402,8 @@ pub struct FakeLauncher(pub Arc<Guest>);
 
 #[async_trait]
 impl PodLauncher for FakeLauncher {
-    async fn launch(
-        &self,
-        group: &str,
-        _: &CreateTaskRequest,
-        _: &Spec,
-        log: &Logger,
-    ) -> TaskResult<Pod> {
+    async fn launch(&self, plan: &PodPlan, log: &Logger) -> TaskResult<Pod> {
+        let group = plan.group.as_str();
         self.0.record(format!("launch {group}"));
         if *self.0.launch_fails.lock().unwrap() {
             return Err(TaskError::FailedPrecondition(

@@ -12,10 +12,13 @@ mod lifecycle;
 mod metrics;
 mod monitor;
 mod process;
+mod sandbox;
 mod service;
 
 #[cfg(test)]
 mod fakes;
+#[cfg(test)]
+mod sandbox_tests;
 #[cfg(test)]
 mod tests;
 
@@ -29,9 +32,11 @@ use tokio::sync::watch;
 use crate::events::Publisher;
 use crate::pod::Pod;
 use crate::pod_launch::PodLauncher;
+use crate::sandbox::SandboxRecord;
 pub use container::Container;
 pub use error::{TaskError, TaskResult};
 pub use process::{Process, Status};
+pub use sandbox::{STATE_NOT_READY, STATE_READY, SandboxState};
 pub use service::task_services;
 
 /// Whether this shim still has (or may still get) a pod.
@@ -57,6 +62,10 @@ pub struct Shim {
     /// Serializes pod boot and teardown.
     boot: tokio::sync::Mutex<()>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// The pod, when containerd's Sandbox API manages it (CreateSandbox).
+    sandbox: Mutex<Option<SandboxRecord>>,
+    /// The husk configuration file containerd's runtime options named at `start`.
+    config_path: Option<String>,
     exit: watch::Sender<bool>,
 }
 
@@ -68,6 +77,19 @@ impl Shim {
         launcher: Arc<dyn PodLauncher>,
         log: Logger,
     ) -> Arc<Self> {
+        Self::with_config_path(namespace, socket, publisher, launcher, None, log)
+    }
+
+    /// A shim whose Sandbox API pods use the configuration file `config_path` (the
+    /// runtime options' `ConfigPath`, which only `start` hears of).
+    pub fn with_config_path(
+        namespace: String,
+        socket: PathBuf,
+        publisher: Publisher,
+        launcher: Arc<dyn PodLauncher>,
+        config_path: Option<String>,
+        log: Logger,
+    ) -> Arc<Self> {
         Arc::new(Self {
             namespace,
             log,
@@ -77,6 +99,8 @@ impl Shim {
             pod: Mutex::new(PodSlot::Empty),
             boot: tokio::sync::Mutex::new(()),
             containers: Mutex::new(HashMap::new()),
+            sandbox: Mutex::new(None),
+            config_path,
             exit: watch::channel(false).0,
         })
     }
@@ -117,6 +141,12 @@ impl Shim {
         self.containers.lock().map(|c| c.len()).unwrap_or(0)
     }
 
+    fn config_path(&self) -> Option<String> {
+        self.config_path.clone()
+    }
+
+    /// The guest pid of the process whose namespaces the pod's containers join: the pause
+    /// container's (CRI's sandbox container, or a Sandbox API pod's pause process).
     fn sandbox_guest_pid(&self) -> Option<u32> {
         let containers = self.containers.lock().ok()?;
         containers
@@ -124,12 +154,17 @@ impl Shim {
             .find(|c| c.is_sandbox)
             .map(|c| c.init.guest_pid())
             .filter(|p| *p != 0)
+            .or_else(|| {
+                drop(containers);
+                self.pause_guest_pid()
+            })
     }
 
-    /// Tears the pod down if it is empty, and asks the shim to exit.
+    /// Tears the pod down if it is empty, and asks the shim to exit. A Sandbox API pod
+    /// stays: StopSandbox and ShutdownSandbox end it.
     async fn shutdown_if_empty(&self) {
         let _guard = self.boot.lock().await;
-        if self.container_count() > 0 {
+        if self.container_count() > 0 || self.sandbox_managed() {
             return;
         }
         let pod = match self.pod.lock() {
@@ -161,6 +196,9 @@ impl Shim {
     pub async fn shutdown_all(&self) {
         if let Ok(mut c) = self.containers.lock() {
             c.clear();
+        }
+        if let Ok(mut s) = self.sandbox.lock() {
+            *s = None;
         }
         self.shutdown_if_empty().await;
     }

@@ -118,6 +118,13 @@ impl Shim {
             shim.publisher.flush(EVENT_FLUSH_LIMIT).await;
             // The helpers, the pod directory and the pod cgroup go now, not with the shim.
             pod.shutdown().await;
+            if shim.sandbox_vm_died() {
+                // WaitSandbox tells containerd; StopSandbox and ShutdownSandbox follow.
+                if let Ok(mut slot) = shim.pod.lock() {
+                    *slot = PodSlot::Gone;
+                }
+                return;
+            }
             info!(
                 shim.log,
                 "all processes of the dead VM reported exited; shim exiting"

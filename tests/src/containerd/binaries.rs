@@ -28,6 +28,9 @@ pub enum ContainerdFlavour {
     System,
     /// containerd 2.x from [`containerd2_dir`] (its own `containerd` and `ctr`).
     V2,
+    /// containerd 2.x with its CRI running husk pods through the shim's Sandbox API
+    /// (`sandboxer = "shim"`): no pause container.
+    V2SandboxApi,
 }
 
 impl std::fmt::Display for ContainerdFlavour {
@@ -35,11 +38,17 @@ impl std::fmt::Display for ContainerdFlavour {
         f.write_str(match self {
             ContainerdFlavour::System => "system containerd",
             ContainerdFlavour::V2 => "containerd 2.x",
+            ContainerdFlavour::V2SandboxApi => "containerd 2.x with the Sandbox API",
         })
     }
 }
 
 impl ContainerdFlavour {
+    /// containerd 2.x, in either CRI mode.
+    pub fn is_v2(self) -> bool {
+        self != ContainerdFlavour::System
+    }
+
     /// Locates the `containerd` and `ctr` binaries of this flavour.
     pub fn binaries(self) -> Result<ContainerdBinaries, ContainerdError> {
         match self {
@@ -47,7 +56,7 @@ impl ContainerdFlavour {
                 containerd: PathBuf::from("containerd"),
                 ctr: PathBuf::from("ctr"),
             }),
-            ContainerdFlavour::V2 => {
+            ContainerdFlavour::V2 | ContainerdFlavour::V2SandboxApi => {
                 let dir = containerd2_dir()?;
                 Ok(ContainerdBinaries {
                     containerd: dir.join("containerd"),
@@ -62,7 +71,8 @@ impl ContainerdFlavour {
     pub(super) fn accepts(self, version: &str) -> Result<(), &'static str> {
         match self {
             ContainerdFlavour::System => Ok(()),
-            ContainerdFlavour::V2 => match major_version(version) {
+            ContainerdFlavour::V2 | ContainerdFlavour::V2SandboxApi => match major_version(version)
+            {
                 Some(m) if m >= 2 => Ok(()),
                 _ => Err("2.0 or newer"),
             },

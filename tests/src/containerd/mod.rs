@@ -194,7 +194,7 @@ fn config_text(
     // written here mean the same in both.
     let (version, cri_plugins): (u32, &[&str]) = match opts.flavour {
         ContainerdFlavour::System => (2, &["io.containerd.grpc.v1.cri"]),
-        ContainerdFlavour::V2 => (3, &CONTAINERD2_CRI_PLUGINS),
+        ContainerdFlavour::V2 | ContainerdFlavour::V2SandboxApi => (3, &CONTAINERD2_CRI_PLUGINS),
     };
     let mut c = format!(
         "version = {version}\nroot = {}\nstate = {}\n",

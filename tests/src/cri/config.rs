@@ -101,9 +101,19 @@ fn emit_table(out: &mut String, prefix: &str, table: &toml::Table) {
 }
 
 impl CriSettings {
-    /// The husk runtime table with `options.ConfigPath` set.
+    /// The husk runtime table with `options.ConfigPath` set, or, for
+    /// [`ContainerdFlavour::V2SandboxApi`], with the shim as sandboxer and no `options`:
+    /// containerd before 2.4 reads a Sandbox API pod's runtime options as runc's when it
+    /// starts a container ("can't unmarshal type runtimeoptions.v1.Options to output
+    /// containerd.runc.v1.Options"; fixed by containerd commit b88ab5a), so the husk config
+    /// comes from containerd's environment (`HUSK_CONFIG`) instead.
     fn runtime_table(&self) -> toml::Table {
         let mut t = self.husk_runtime.clone();
+        if self.flavour == ContainerdFlavour::V2SandboxApi {
+            t.remove("options");
+            t.insert("sandboxer".into(), toml::Value::String("shim".into()));
+            return t;
+        }
         let options = t
             .entry("options")
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -145,7 +155,7 @@ impl CriSettings {
                     &self.runtime_table(),
                 );
             }
-            ContainerdFlavour::V2 => {
+            ContainerdFlavour::V2 | ContainerdFlavour::V2SandboxApi => {
                 let images = "plugins.\"io.containerd.cri.v1.images\"";
                 let runtime = "plugins.\"io.containerd.cri.v1.runtime\"";
                 let _ = write!(
@@ -242,6 +252,18 @@ mod tests {
             p["io.containerd.nri.v1.nri"]["disable"].as_bool(),
             Some(true)
         );
+        assert!(
+            husk.get("sandboxer").is_none(),
+            "the pause container by default"
+        );
+    }
+
+    #[test]
+    fn containerd_2_sandbox_api() {
+        let t = parse(&settings(ContainerdFlavour::V2SandboxApi).to_toml());
+        let husk = &t["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["husk"];
+        assert_eq!(husk["sandboxer"].as_str(), Some("shim"));
+        assert!(husk.get("options").is_none());
     }
 
     #[test]

@@ -127,8 +127,10 @@ impl CriWorld {
         let opts = ContainerdOptions {
             flavour,
             shim_dir: Some(artifacts.dir().to_owned()),
-            // No HUSK_CONFIG: the shim must find its config through CRI's ConfigPath.
-            husk_config: None,
+            // No HUSK_CONFIG: the shim must find its config through CRI's ConfigPath. Except
+            // with the Sandbox API, whose pods cannot have runtime options before
+            // containerd 2.4 ([`CriSettings`]).
+            husk_config: (flavour == ContainerdFlavour::V2SandboxApi).then(|| husk_config.clone()),
             cri: true,
             extra_config: settings.to_toml(),
         };
@@ -153,7 +155,7 @@ impl CriWorld {
                 containerd.log_tail()
             )
         })?;
-        if flavour == ContainerdFlavour::V2 {
+        if flavour.is_v2() {
             ensure!(
                 major_version(version.runtime_version.trim_start_matches('v'))
                     .is_some_and(|m| m >= 2),
@@ -273,6 +275,7 @@ impl CriWorld {
         if host_network {
             return Ok(id);
         }
+        self.check_sandboxer(&id)?;
         let status = self.client.pod_sandbox_status(&id, true)?;
         let info = status.info.get("info").cloned().unwrap_or_default();
         let netns = netns_from_info(&info).ok_or_else(|| {
@@ -280,6 +283,25 @@ impl CriWorld {
         })?;
         self.tracked().netns.push(netns);
         Ok(id)
+    }
+
+    /// The pod runs the way the flavour says: with a pause container (a containerd
+    /// container named like the pod), or through the shim's Sandbox API without one.
+    fn check_sandboxer(&self, pod: &str) -> Result<()> {
+        let containers = self
+            .containerd
+            .ctr(CRI_NAMESPACE, Duration::from_secs(10))
+            .containers()?;
+        let has_pause = containers.iter().any(|c| c == pod);
+        if self.containerd.flavour() == ContainerdFlavour::V2SandboxApi {
+            ensure!(
+                !has_pause,
+                "pod {pod} has a pause container although CRI runs husk through the Sandbox API"
+            );
+        } else {
+            ensure!(has_pause, "pod {pod} has no pause container");
+        }
+        Ok(())
     }
 
     /// A default pod `name`: its id and config.

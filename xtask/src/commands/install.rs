@@ -91,8 +91,25 @@ pub fn run(ws: &Workspace) -> Result<()> {
         note(format!("{CONTAINERD_CONFIG}: imports {glob}"));
     }
     import_pause(&pause_archive);
+    if major >= 2 {
+        note(sandbox_api_note(&dropin_path));
+    }
     note("restart containerd to pick up runtime handler `husk`: systemctl restart containerd");
     Ok(())
+}
+
+/// How to switch containerd 2.x's CRI to husk's Sandbox API (pods without a pause
+/// container). Not the default: containerd before 2.4 cannot give such pods runtime options.
+fn sandbox_api_note(dropin: &Path) -> String {
+    format!(
+        "optional, containerd 2.x: to run husk pods without a pause container (the shim \
+         serves containerd's Sandbox API), add `sandboxer = \"shim\"` to the husk runtime \
+         table in {}; with containerd older than 2.4 also delete its `options` table (those \
+         versions read a Sandbox API pod's runtime options as runc's and fail StartContainer; \
+         husk then reads {})",
+        dropin.display(),
+        CONFIG_FILE
+    )
 }
 
 /// The repository files install needs exist (checked before building or touching the
