@@ -37,3 +37,13 @@ fn tty_is_a_terminal() -> Result<()> {
         common::tty_is_a_terminal,
     )
 }
+
+#[test]
+fn attach_streams_a_detached_task() -> Result<()> {
+    common::run_on(
+        "ctr2-attach",
+        Runtime::Husk,
+        CONTAINERD,
+        common::attach::attach_streams_a_detached_task,
+    )
+}

@@ -28,3 +28,12 @@ fn tty_is_a_terminal() -> Result<()> {
 fn short_stdin_ends_the_input() -> Result<()> {
     common::run("shortin", Runtime::Husk, common::short_stdin_ends_the_input)
 }
+
+#[test]
+fn attach_streams_a_detached_task() -> Result<()> {
+    common::run(
+        "attach",
+        Runtime::Husk,
+        common::attach::attach_streams_a_detached_task,
+    )
+}

@@ -16,6 +16,9 @@ use super::pod_config::PodFiles;
 
 /// Size of the pod's `/dev/shm`, as containerd gives a pod (64 MiB).
 const SHM_TMPFS_OPTIONS: &str = "size=65536k,mode=1777";
+/// The pod files' own tmpfs: containers may write `/etc/hosts` and the like (as under
+/// runc), but not fill the pod's state directory with it.
+const FILES_TMPFS_OPTIONS: &str = "size=1m,nr_inodes=64,mode=0755";
 /// Where containerd takes `/etc/resolv.conf` from when the pod has no DNS config.
 const NODE_RESOLV_CONF: &str = "/etc/resolv.conf";
 /// The node's resolv.conf is read up to this size.
@@ -37,8 +40,8 @@ pub enum PodFilesError {
         #[source]
         source: std::io::Error,
     },
-    #[error("mounting the pod's /dev/shm at {path:?}: {errno}")]
-    Shm { path: PathBuf, errno: nix::Error },
+    #[error("mounting a tmpfs for the pod's files at {path:?}: {errno}")]
+    Mount { path: PathBuf, errno: nix::Error },
 }
 
 /// Where a pod's files were written.
@@ -56,22 +59,13 @@ pub fn write(dir: &Path, files: &PodFiles) -> Result<PodFileDirs, PodFilesError>
         None => node_resolv_conf(),
     };
     make_dir(dir, 0o755)?;
+    mount_tmpfs(dir, "husk-pod-files", FILES_TMPFS_OPTIONS)?;
     write_file(&dir.join(HOSTNAME), &format!("{}\n", files.hostname))?;
     write_file(&dir.join(HOSTS), &files.hosts)?;
     write_file(&dir.join(RESOLV_CONF), &resolv)?;
     let shm = dir.join(SHM);
     make_dir(&shm, 0o1777)?;
-    mount(
-        Some("shm"),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(SHM_TMPFS_OPTIONS),
-    )
-    .map_err(|errno| PodFilesError::Shm {
-        path: shm.clone(),
-        errno,
-    })?;
+    mount_tmpfs(&shm, "shm", SHM_TMPFS_OPTIONS)?;
     let pause_root = dir.join(PAUSE_ROOT);
     make_dir(&pause_root, 0o755)?;
     for d in ["proc", "dev"] {
@@ -81,6 +75,20 @@ pub fn write(dir: &Path, files: &PodFiles) -> Result<PodFileDirs, PodFilesError>
     Ok(PodFileDirs {
         files: dir.to_path_buf(),
         pause_root,
+    })
+}
+
+fn mount_tmpfs(path: &Path, source: &str, options: &str) -> Result<(), PodFilesError> {
+    mount(
+        Some(source),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(options),
+    )
+    .map_err(|errno| PodFilesError::Mount {
+        path: path.to_path_buf(),
+        errno,
     })
 }
 

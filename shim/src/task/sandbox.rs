@@ -86,7 +86,9 @@ impl Shim {
                 "sandbox {id} was already started"
             ))),
         })?;
+        let begin = std::time::Instant::now();
         let pod = Arc::new(self.launcher.launch(&request.plan, &self.log).await?);
+        let booted = begin.elapsed();
         match self.start_pause(&pod, id, &request).await {
             Ok((pause_pid, files)) => {
                 if let Ok(mut slot) = self.pod.lock() {
@@ -104,7 +106,9 @@ impl Shim {
                 self.spawn_vm_watchdog(pod.clone());
                 pod.spawn_volume_sync();
                 self.spawn_pause_monitor(pod.clone(), id);
-                info!(self.log, "sandbox ready"; "sandbox" => id, "pause_pid" => pause_pid);
+                info!(self.log, "sandbox ready"; "sandbox" => id, "pause_pid" => pause_pid,
+                      "boot_ms" => booted.as_millis(),
+                      "pause_ms" => (begin.elapsed() - booted).as_millis());
                 Ok((pod.vm.pid(), created_at))
             }
             Err(e) => {

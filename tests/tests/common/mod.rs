@@ -5,6 +5,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod attach;
 pub mod image_config;
 pub mod task_control;
 

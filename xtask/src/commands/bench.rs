@@ -7,6 +7,7 @@
 //! - host memory (PSS, so shared pages are split fairly) of one idle pod: shim + VMM +
 //!   virtiofsd;
 //! - the pod network's TCP throughput and ping RTT next to two plain namespaces (CRI);
+//! - a pod's start through CRI with a pause container and with husk's Sandbox API;
 //! - husk's built-in monitor next to QEMU/KVM, both under nested KVM.
 
 mod nested;
@@ -32,6 +33,8 @@ const RUNS: usize = 5;
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// The agent's first console line.
 const AGENT_MARKER: &str = "agent starting";
+/// Twelve pods under TCG, two containerd starts.
+const POD_START_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How long an idle pod settles before its memory is read.
 const SETTLE: Duration = Duration::from_secs(3);
 
@@ -51,6 +54,14 @@ pub fn run(ws: &Workspace) -> Result<()> {
     let mut report = result?;
     report.push('\n');
     report.push_str(&network::section(ws, &artifacts)?);
+    report.push('\n');
+    step("pod start through CRI: pause container and Sandbox API (containerd 2.x)");
+    report.push_str(&network::run_driver(
+        ws,
+        &artifacts,
+        "pod_start_bench",
+        POD_START_TIMEOUT,
+    )?);
     report.push('\n');
     report.push_str(&nested::section(ws, &artifacts)?);
     let path = ws.root.join("BENCHMARKS.md");

@@ -1,6 +1,6 @@
 //! The pod network's throughput and round-trip time next to two plain namespaces on the same
 //! bridge: the `net_bench` driver of the test crate (it needs CRI, which xtask itself is
-//! built without), run against this build's artifacts.
+//! built without), run against this build's artifacts. Also how any such driver runs.
 
 use std::time::Duration;
 
@@ -19,16 +19,27 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// The Markdown section for BENCHMARKS.md.
 pub fn section(ws: &Workspace, artifacts: &Artifacts) -> Result<String> {
     step("pod network: throughput and RTT through CRI and the bridge CNI network");
+    run_driver(ws, artifacts, DRIVER, RUN_TIMEOUT)
+}
+
+/// Builds the test crate's bench driver `name` and runs it against `artifacts`; its
+/// stdout (a Markdown section).
+pub fn run_driver(
+    ws: &Workspace,
+    artifacts: &Artifacts,
+    name: &str,
+    timeout: Duration,
+) -> Result<String> {
     ws.cargo()
-        .args(["build", "-p", "husk-tests", "--bin", DRIVER])
+        .args(["build", "-p", "husk-tests", "--bin", name])
         .timeout(DRIVER_BUILD_TIMEOUT)
         .run_inherit()
-        .context("building the net_bench driver")?;
-    let driver = ws.target_dir.join("debug").join(DRIVER);
+        .with_context(|| format!("building the {name} driver"))?;
+    let driver = ws.target_dir.join("debug").join(name);
     let out = Cmd::new(&driver)
         .env(ARTIFACTS_ENV, artifacts.dir())
-        .timeout(RUN_TIMEOUT)
+        .timeout(timeout)
         .checked()
-        .context("running net_bench")?;
+        .with_context(|| format!("running {name}"))?;
     Ok(out.stdout_text())
 }
