@@ -7,58 +7,45 @@ pub mod guest_text;
 pub mod io_stream;
 pub mod port_forward;
 
-/// Generated protobuf messages and ttrpc service/client for `husk.agent.v1.Agent`.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
-#[allow(warnings, unused_qualifications)]
-pub mod agent {
-    include!(concat!(env!("OUT_DIR"), "/agent/agent.rs"));
+/// A module of code generated into OUT_DIR, exempt from the lints hand-written code keeps.
+macro_rules! generated {
+    ($(#[$doc:meta])* $name:ident, $file:literal) => {
+        $(#[$doc])*
+        #[allow(
+            clippy::all,
+            clippy::pedantic,
+            clippy::unwrap_used,
+            clippy::expect_used,
+            clippy::panic
+        )]
+        #[allow(warnings, unused_qualifications)]
+        pub mod $name {
+            include!(concat!(env!("OUT_DIR"), $file));
+        }
+    };
 }
 
-/// Generated async ttrpc client and server glue.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
-#[allow(warnings, unused_qualifications)]
-pub mod agent_ttrpc {
-    include!(concat!(env!("OUT_DIR"), "/agent/agent_ttrpc.rs"));
-}
-
-/// containerd's `runtimeoptions.v1.Options` (generated from `proto/runtimeoptions.proto`).
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
-#[allow(warnings, unused_qualifications)]
-pub mod runtimeoptions {
-    include!(concat!(env!("OUT_DIR"), "/agent/runtimeoptions.rs"));
-}
-
-/// The part of CRI's `runtime.v1.PodSandboxConfig` the shim reads (generated from
-/// `proto/cri_sandbox.proto`): containerd 2.x's Sandbox API passes it to CreateSandbox.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
-#[allow(warnings, unused_qualifications)]
-pub mod cri_sandbox {
-    include!(concat!(env!("OUT_DIR"), "/agent/cri_sandbox.rs"));
-}
+generated!(
+    /// Generated protobuf messages and ttrpc service/client for `husk.agent.v1.Agent`.
+    agent,
+    "/agent/agent.rs"
+);
+generated!(
+    /// Generated async ttrpc client and server glue.
+    agent_ttrpc,
+    "/agent/agent_ttrpc.rs"
+);
+generated!(
+    /// containerd's `runtimeoptions.v1.Options` (generated from `proto/runtimeoptions.proto`).
+    runtimeoptions,
+    "/agent/runtimeoptions.rs"
+);
+generated!(
+    /// The part of CRI's `runtime.v1.PodSandboxConfig` the shim reads (generated from
+    /// `proto/cri_sandbox.proto`): containerd 2.x's Sandbox API passes it to CreateSandbox.
+    cri_sandbox,
+    "/agent/cri_sandbox.rs"
+);
 
 pub use protobuf;
 pub use ttrpc;

@@ -6,12 +6,12 @@
 
 mod cri_common;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use cri_common::{exec_ok, running, stop_and_remove_container, stop_and_remove_pod};
 use husk_tests::ContainerdFlavour;
 use husk_tests::cri::{CriWorld, specs};
 use husk_tests::image::{BusyboxImage, PAUSE_COMMAND, SCRATCH_COMMAND, SCRATCH_IMAGE_REF};
-use k8s_cri::v1::{ImageSpec, NamespaceMode};
+use k8s_cri::v1::ImageSpec;
 
 fn scratch_images_run(flavour: ContainerdFlavour) -> Result<()> {
     let w = CriWorld::start("cri-images", flavour)?;
@@ -19,30 +19,19 @@ fn scratch_images_run(flavour: ContainerdFlavour) -> Result<()> {
     w.import(&scratch)?;
     let c = w.client();
 
-    // Pod-wide PID namespace (shareProcessNamespace): the container sees the pause process.
-    let mut pod_cfg = w.pod_config("scratch")?;
-    let shared_pids = |ns: &mut k8s_cri::v1::NamespaceOption| ns.pid = NamespaceMode::Pod as i32;
-    pod_cfg
-        .linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-        .and_then(|s| s.namespace_options.as_mut())
-        .map(shared_pids)
-        .context("the pod config has no namespace options")?;
-    let pod = w.run_pod_with(&pod_cfg)?;
-
     // No command: the image's own (absolute) one runs, as the image's user.
+    let mut pod_cfg = w.pod_config("scratch")?;
     let mut cfg = specs::container_config("app", &[]);
     cfg.image = Some(ImageSpec {
         image: SCRATCH_IMAGE_REF.into(),
         ..Default::default()
     });
-    cfg.linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-        .and_then(|s| s.namespace_options.as_mut())
-        .map(shared_pids)
-        .context("the container config has no namespace options")?;
+    // Pod-wide PID namespace (shareProcessNamespace): the container sees the pause process.
+    ensure!(
+        specs::share_pod_pids(&mut pod_cfg, &mut cfg),
+        "the configs have no namespace options"
+    );
+    let pod = w.run_pod_with(&pod_cfg)?;
     let app = w.create_container(&pod, &cfg, &pod_cfg)?;
     c.start_container(&app)?;
     running(c, &app)?;

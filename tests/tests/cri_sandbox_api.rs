@@ -10,11 +10,10 @@
 
 mod cri_common;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use cri_common::{exec_ok, running, stop_and_remove_container, stop_and_remove_pod};
 use husk_tests::ContainerdFlavour;
 use husk_tests::cri::{CriWorld, specs};
-use k8s_cri::v1::NamespaceMode;
 
 /// The pod files' tmpfs (`shim/src/sandbox/pod_files.rs`).
 const POD_FILES_LIMIT: u64 = 1024 * 1024;
@@ -24,22 +23,12 @@ fn pause_process_and_pod_files_hold_against_a_container() -> Result<()> {
     let w = CriWorld::start("cri-sbapi", ContainerdFlavour::V2SandboxApi)?;
     let c = w.client();
     let mut pod_cfg = w.pod_config("sbapi")?;
-    let shared_pids = |ns: &mut k8s_cri::v1::NamespaceOption| ns.pid = NamespaceMode::Pod as i32;
-    pod_cfg
-        .linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-        .and_then(|s| s.namespace_options.as_mut())
-        .map(shared_pids)
-        .context("the pod config has no namespace options")?;
-    let pod = w.run_pod_with(&pod_cfg)?;
     let mut cfg = specs::container_config("a", &["sleep", "1000000"]);
-    cfg.linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-        .and_then(|s| s.namespace_options.as_mut())
-        .map(shared_pids)
-        .context("the container config has no namespace options")?;
+    ensure!(
+        specs::share_pod_pids(&mut pod_cfg, &mut cfg),
+        "the configs have no namespace options"
+    );
+    let pod = w.run_pod_with(&pod_cfg)?;
     let a = w.create_container(&pod, &cfg, &pod_cfg)?;
     c.start_container(&a)?;
     running(c, &a)?;

@@ -89,7 +89,7 @@ impl Shim {
         let begin = std::time::Instant::now();
         let pod = Arc::new(self.launcher.launch(&request.plan, &self.log).await?);
         let booted = begin.elapsed();
-        match self.start_pause(&pod, id, &request).await {
+        match self.start_pause(&pod, id, &request, &begin).await {
             Ok((pause_pid, files)) => {
                 if let Ok(mut slot) = self.pod.lock() {
                     *slot = PodSlot::Running(pod.clone());
@@ -107,8 +107,7 @@ impl Shim {
                 pod.spawn_volume_sync();
                 self.spawn_pause_monitor(pod.clone(), id);
                 info!(self.log, "sandbox ready"; "sandbox" => id, "pause_pid" => pause_pid,
-                      "boot_ms" => booted.as_millis(),
-                      "pause_ms" => (begin.elapsed() - booted).as_millis());
+                      "boot_ms" => booted.as_millis(), "ready_ms" => begin.elapsed().as_millis());
                 Ok((pod.vm.pid(), created_at))
             }
             Err(e) => {
@@ -126,7 +125,9 @@ impl Shim {
         pod: &Pod,
         id: &str,
         request: &pod_config::PodRequest,
+        begin: &std::time::Instant,
     ) -> TaskResult<(u32, std::path::PathBuf)> {
+        let since = |t: &std::time::Instant| t.elapsed().as_millis();
         let dirs = pod
             .host
             .write_pod_files(&request.files)
@@ -135,12 +136,16 @@ impl Shim {
         pod.prepare_container_files(id, RootfsSource::Bind(dirs.pause_root.clone()), Vec::new())
             .await
             .map_err(|e| TaskError::internal("preparing the pause container's root", e))?;
+        let files_at = since(begin);
         let spec = pause::guest_spec(id, &request.plan.hostname, &request.sysctls);
         let pid = pod
             .agent
             .create_container(id, spec, StdioPaths::default().for_agent())
             .await?;
+        let created_at = since(begin);
         pod.agent.start_container(id).await?;
+        info!(self.log, "pause process started"; "sandbox" => id, "files_ready_ms" => files_at,
+              "created_ms" => created_at, "started_ms" => since(begin));
         Ok((pid, dirs.files))
     }
 

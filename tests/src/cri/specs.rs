@@ -120,3 +120,27 @@ pub fn container_config(name: &str, args: &[&str]) -> ContainerConfig {
         ..Default::default()
     }
 }
+
+/// A pod-wide PID namespace (shareProcessNamespace) for the pod `pod` and its container
+/// `container`: the container sees the pod's pause process as PID 1. False if either has no
+/// namespace options to change.
+pub fn share_pod_pids(pod: &mut PodSandboxConfig, container: &mut ContainerConfig) -> bool {
+    let pod_ns = pod
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut());
+    let container_ns = container
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut());
+    match (pod_ns, container_ns) {
+        (Some(p), Some(c)) => {
+            p.pid = NamespaceMode::Pod as i32;
+            c.pid = NamespaceMode::Pod as i32;
+            true
+        }
+        _ => false,
+    }
+}
