@@ -60,6 +60,8 @@ pub const FORWARD_VSOCK_PORT: u32 = 1026;
 /// Guest mount point of the per-pod virtio-fs share; a container's files live in
 /// `<SHARED_DIR_GUEST>/<container id>/`.
 pub const SHARED_DIR_GUEST: &str = "/run/husk/shared";
+/// How long the agent holds a WaitOomKills call without news.
+pub const OOM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The agent's binary in the guest (the VM's init).
 pub const GUEST_AGENT_PATH: &str = "/init";
 /// The argument that makes the agent's binary a pod's pause process (Sandbox API pods, which

@@ -47,3 +47,13 @@ fn pause_freezes_and_resume_thaws() -> Result<()> {
         common::task_control::pause_freezes_and_resume_thaws,
     )
 }
+
+#[test]
+fn oom_kill_is_published_while_the_task_runs() -> Result<()> {
+    common::run_on(
+        "ctr2-oom",
+        Runtime::Husk,
+        CONTAINERD,
+        common::oom::oom_kill_is_published_while_the_task_runs,
+    )
+}

@@ -40,3 +40,12 @@ fn pause_freezes_and_resume_thaws() -> Result<()> {
         common::task_control::pause_freezes_and_resume_thaws,
     )
 }
+
+#[test]
+fn oom_kill_is_published_while_the_task_runs() -> Result<()> {
+    common::run(
+        "oom",
+        Runtime::Husk,
+        common::oom::oom_kill_is_published_while_the_task_runs,
+    )
+}

@@ -1,5 +1,6 @@
 //! Pause, resume and figures of a started container, through its cgroup.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::record;
@@ -43,5 +44,49 @@ impl Containers {
     pub async fn pod_stats(&self) -> Result<stats::Figures, ContainerError> {
         let dir = self.layout.cgroup_root.join(spec::CGROUP_PARENT);
         Ok(tokio::task::spawn_blocking(move || stats::read(&dir)).await??)
+    }
+}
+
+impl Containers {
+    /// Every created container's OOM kill count once one exceeds what `known` says (a
+    /// container missing from it counts as 0), or after `max_wait`, whichever comes first.
+    pub async fn wait_oom_kills(
+        &self,
+        known: &HashMap<String, u64>,
+        max_wait: Duration,
+    ) -> HashMap<String, u64> {
+        let mut changes = self.oom_watch().map(|w| w.subscribe());
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            let counts: HashMap<String, u64> = self
+                .ids()
+                .into_iter()
+                .map(|id| {
+                    let n = self.oom_kills(&id);
+                    (id, n)
+                })
+                .collect();
+            let risen = counts
+                .iter()
+                .any(|(id, n)| *n > known.get(id).copied().unwrap_or(0));
+            if risen {
+                return counts;
+            }
+            let changed = match changes.as_mut() {
+                Some(rx) => tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
+                None => {
+                    // No watch (yet): look again in a second.
+                    let soon = tokio::time::Instant::now() + Duration::from_secs(1);
+                    tokio::time::sleep_until(soon.min(deadline)).await;
+                    changes = self.oom_watch().map(|w| w.subscribe());
+                    tokio::time::Instant::now() < deadline
+                }
+            };
+            if !changed {
+                return counts;
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@ mod guest_devices;
 pub mod ids;
 pub mod layout;
 mod lifecycle;
+mod oom_watch;
 mod pod_limits;
 mod record;
 pub mod spec;
@@ -126,6 +127,8 @@ pub struct Containers {
     slots: Mutex<HashMap<String, Slot>>,
     /// Held while a volume copy is synced: two interleaved syncs could undo each other.
     volume_sync: tokio::sync::Mutex<()>,
+    /// Started by the first WaitOomKills once the pod cgroup exists.
+    oom_watch: Mutex<Option<Arc<oom_watch::OomWatch>>>,
     log: Logger,
 }
 
@@ -144,6 +147,7 @@ impl Containers {
             launcher,
             slots: Mutex::new(HashMap::new()),
             volume_sync: tokio::sync::Mutex::new(()),
+            oom_watch: Mutex::new(None),
             log,
         }
     }
@@ -155,6 +159,23 @@ impl Containers {
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// The pod cgroup's OOM watch; none (callers then wait out their timeout) if inotify
+    /// cannot watch it yet.
+    fn oom_watch(&self) -> Option<Arc<oom_watch::OomWatch>> {
+        let mut slot = self
+            .oom_watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            let pod = self.layout.cgroup_root.join(spec::CGROUP_PARENT);
+            match oom_watch::OomWatch::start(&pod) {
+                Ok(w) => *slot = Some(w),
+                Err(e) => slog::debug!(self.log, "no OOM watch yet"; "error" => %e),
+            }
+        }
+        slot.clone()
     }
 
     /// Ids of the containers that are fully created.

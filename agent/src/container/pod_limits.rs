@@ -12,13 +12,14 @@ const CONTROLLERS_FILE: &str = "cgroup.controllers";
 const SUBTREE_CONTROL_FILE: &str = "cgroup.subtree_control";
 
 impl Containers {
-    /// Applies the pod limits `resources_json` (OCI `linux.resources`); empty: none.
+    /// Creates the pod cgroup (its OOM events are watched from the start) and applies the
+    /// pod limits `resources_json` (OCI `linux.resources`); empty: none.
     pub async fn limit_pod(&self, resources_json: &[u8]) -> Result<(), ContainerError> {
+        let root = self.layout().cgroup_root.clone();
         if resources_json.is_empty() {
-            return Ok(());
+            return tokio::task::spawn_blocking(move || create_pod_cgroup(&root)).await?;
         }
         let resources = spec::parse_resources(resources_json, MAX_RESOURCES_JSON)?;
-        let root = self.layout().cgroup_root.clone();
         let applied = tokio::task::spawn_blocking(move || {
             create_pod_cgroup(&root)?;
             update::apply(

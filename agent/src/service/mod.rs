@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use husk_protocol::agent::{
     CheckRequest, CheckResponse, ConfigureNetworkRequest, ContainerRequest, ContainerStatsResponse,
     CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, Empty, ExecProcessRequest,
-    IoDeviceStats, ListProcessesResponse, ProcessRequest, ProcessStarted, SignalProcessRequest,
-    Stdio, SyncVolumeRequest, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessResponse,
+    IoDeviceStats, ListProcessesResponse, OomKills, ProcessRequest, ProcessStarted,
+    SignalProcessRequest, Stdio, SyncVolumeRequest, TtyWinResizeRequest, UpdateContainerRequest,
+    WaitProcessResponse,
 };
 use husk_protocol::agent_ttrpc::Agent;
 use slog::{Logger, debug, info};
@@ -322,6 +323,17 @@ impl Agent for AgentService {
             "ContainerStats",
             figures,
         )?))
+    }
+
+    async fn wait_oom_kills(&self, _ctx: &TtrpcContext, req: OomKills) -> ttrpc::Result<OomKills> {
+        let counts = self
+            .containers
+            .wait_oom_kills(&req.counts, husk_protocol::OOM_WAIT)
+            .await;
+        Ok(OomKills {
+            counts,
+            ..Default::default()
+        })
     }
 
     async fn pod_stats(

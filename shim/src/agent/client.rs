@@ -2,6 +2,7 @@
 //! RPC timeout (except waiting for a process to exit), and the per-stream IO connections of
 //! `husk_protocol::io_stream`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -258,6 +259,24 @@ impl Agent for AgentClient {
 
     async fn pod_stats(&self) -> Result<ContainerStatsResponse, AgentError> {
         rpc!(self, pod_stats, Empty::new())
+    }
+
+    async fn wait_oom_kills(
+        &self,
+        known: HashMap<String, u64>,
+    ) -> Result<HashMap<String, u64>, AgentError> {
+        let mut req = OomKills::new();
+        req.counts = known;
+        // The agent holds the call up to OOM_WAIT by design.
+        let timeout = husk_protocol::OOM_WAIT + self.rpc_timeout;
+        self.client
+            .wait_oom_kills(ttrpc::context::with_timeout(nanos(timeout)), &req)
+            .await
+            .map(|r| r.counts)
+            .map_err(|source| AgentError::Rpc {
+                method: "wait_oom_kills",
+                source,
+            })
     }
 
     async fn tty_resize(

@@ -4,6 +4,7 @@
 
 pub mod client;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -72,6 +73,12 @@ pub trait Agent: Send + Sync {
     async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, AgentError>;
     /// The same figures for the pod's guest cgroup, which holds all its containers.
     async fn pod_stats(&self) -> Result<ContainerStatsResponse, AgentError>;
+    /// Each container's OOM kill count, once one exceeds `known` (or after about
+    /// [`husk_protocol::OOM_WAIT`]). Unchecked guest data.
+    async fn wait_oom_kills(
+        &self,
+        known: HashMap<String, u64>,
+    ) -> Result<HashMap<String, u64>, AgentError>;
     async fn tty_resize(
         &self,
         id: &str,

@@ -125,6 +125,7 @@ impl Shim {
             *slot = PodSlot::Running(pod.clone());
         }
         self.spawn_vm_watchdog(pod.clone());
+        self.spawn_oom_watch(pod.clone());
         pod.spawn_volume_sync();
         Ok((pod, true))
     }

@@ -284,6 +284,33 @@ impl Agent for FakeAgent {
         Ok(self.0.stats.lock().unwrap().clone())
     }
 
+    async fn wait_oom_kills(
+        &self,
+        known: HashMap<String, u64>,
+    ) -> Result<HashMap<String, u64>, AgentError> {
+        // Every running container reports the guest's one OOM counter.
+        loop {
+            self.0.check("wait_oom_kills")?;
+            let n = *self.0.oom_kills.lock().unwrap();
+            let running: Vec<String> = self
+                .0
+                .processes
+                .lock()
+                .unwrap()
+                .keys()
+                .filter(|(_, exec)| exec.is_empty())
+                .map(|(id, _)| id.clone())
+                .collect();
+            if running
+                .iter()
+                .any(|id| n > known.get(id).copied().unwrap_or(0))
+            {
+                return Ok(running.into_iter().map(|id| (id, n)).collect());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     async fn pod_stats(&self) -> Result<ContainerStatsResponse, AgentError> {
         self.0.record("pod_stats".to_string());
         self.0.check("pod_stats")?;

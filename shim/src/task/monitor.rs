@@ -3,13 +3,14 @@
 //! that reacts to the exit has all the output. A watchdog per pod reports every process as
 //! exited when the VM dies.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_shim_protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::topics::{TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC};
-use slog::{info, warn};
+use slog::{debug, info, warn};
 
 use super::process::Process;
 use super::{PodSlot, Shim};
@@ -20,6 +21,10 @@ use crate::pod::Pod;
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// How long the exits of a dead VM's processes may take to reach containerd.
 const EVENT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+/// More containers than a pod has (the agent reports one entry per container).
+const MAX_OOM_ENTRIES: usize = 4096;
+/// Pause before asking again after a failed or refused OOM wait.
+const OOM_RETRY: Duration = Duration::from_secs(1);
 /// Reported for processes whose VM died under them (like a SIGKILL'd process: 128 + 9).
 pub const VM_DIED_EXIT_STATUS: u32 = 137;
 
@@ -55,6 +60,43 @@ impl Shim {
             }
             drop(process.take_stdin());
             shim.finish(&process, status).await;
+        });
+    }
+
+    /// Publishes TaskOOM as the guest counts OOM kills, for the pod's life: also for a
+    /// process OOM-killed while its container's init lives on (the exit monitors report
+    /// the rest before each exit). Ends when the VM does.
+    pub(super) fn spawn_oom_watch(self: &Arc<Self>, pod: Arc<Pod>) {
+        let shim = self.clone();
+        tokio::spawn(async move {
+            let mut vm_exited = pod.vm.exited();
+            let mut known: HashMap<String, u64> = HashMap::new();
+            loop {
+                let counts = tokio::select! {
+                    r = pod.agent.wait_oom_kills(known.clone()) => r,
+                    _ = vm_exited.wait_for(Option::is_some) => return,
+                };
+                match counts {
+                    // Guest data: as many entries as the pod has containers, else ignored.
+                    Ok(counts) if counts.len() <= MAX_OOM_ENTRIES => {
+                        for (id, n) in &counts {
+                            if known.get(id) != Some(n) {
+                                shim.report_oom(id, *n).await;
+                            }
+                        }
+                        known = counts;
+                    }
+                    Ok(counts) => {
+                        warn!(shim.log, "the guest reported OOM counts for too many containers";
+                              "entries" => counts.len());
+                        tokio::time::sleep(OOM_RETRY).await;
+                    }
+                    Err(e) => {
+                        debug!(shim.log, "waiting for OOM kills"; "error" => %e);
+                        tokio::time::sleep(OOM_RETRY).await;
+                    }
+                }
+            }
         });
     }
 

@@ -104,6 +104,7 @@ impl Shim {
                 })?;
                 drop(guard);
                 self.spawn_vm_watchdog(pod.clone());
+                self.spawn_oom_watch(pod.clone());
                 pod.spawn_volume_sync();
                 self.spawn_pause_monitor(pod.clone(), id);
                 info!(self.log, "sandbox ready"; "sandbox" => id, "pause_pid" => pause_pid,

@@ -532,6 +532,38 @@ async fn an_oom_kill_is_published_before_the_exit_and_only_once() {
 }
 
 #[tokio::test]
+async fn an_oom_kill_in_a_running_container_is_published_at_once() {
+    let mut w = world();
+    w.running("c1").await;
+    *w.guest.oom_kills.lock().unwrap() = 1;
+    let start = std::time::Instant::now();
+    let mut topics = Vec::new();
+    while !topics.contains(&TASK_OOM_EVENT_TOPIC) {
+        assert!(
+            start.elapsed() < LONG,
+            "no TaskOOM while the container runs"
+        );
+        topics.extend(w.events.topics().await);
+    }
+    assert_eq!(w.status("c1", ""), Ok(ApiStatus::RUNNING));
+    // Reported once: the same count at the exit is no new kill.
+    w.guest.exit("c1", "", 0);
+    tokio::time::timeout(LONG, w.shim.wait("c1", ""))
+        .await
+        .unwrap()
+        .unwrap();
+    topics.extend(w.events.topics().await);
+    assert_eq!(
+        topics
+            .iter()
+            .filter(|t| **t == TASK_OOM_EVENT_TOPIC)
+            .count(),
+        1,
+        "{topics:?}"
+    );
+}
+
+#[tokio::test]
 async fn update_passes_checked_resources_to_the_guest() {
     let w = world();
     w.running("c1").await;

@@ -7,6 +7,7 @@
 
 pub mod attach;
 pub mod image_config;
+pub mod oom;
 pub mod task_control;
 
 use std::time::{Duration, Instant};
