@@ -49,6 +49,8 @@ pub struct Guest {
     pub stats: Mutex<ContainerStatsResponse>,
     /// The OOM kills WaitProcess reports.
     pub oom_kills: Mutex<u64>,
+    /// WaitOomKills answers at once with ever higher counts (a hostile guest).
+    pub oom_flood: Mutex<bool>,
     /// The guest spec each container was created with.
     pub specs: Mutex<HashMap<String, Vec<u8>>>,
     /// Where the fake host writes a Sandbox API pod's files.
@@ -67,6 +69,7 @@ impl Guest {
             stats: Mutex::default(),
             oom_kills: Mutex::default(),
             specs: Mutex::default(),
+            oom_flood: Mutex::new(false),
             pod_files: tempfile::tempdir().unwrap(),
         })
     }
@@ -291,6 +294,11 @@ impl Agent for FakeAgent {
         // Every running container reports the guest's one OOM counter.
         loop {
             self.0.check("wait_oom_kills")?;
+            if *self.0.oom_flood.lock().unwrap() {
+                let mut counts = known.clone();
+                counts.insert("c1".into(), known.get("c1").copied().unwrap_or(0) + 1);
+                return Ok(counts);
+            }
             let n = *self.0.oom_kills.lock().unwrap();
             let running: Vec<String> = self
                 .0

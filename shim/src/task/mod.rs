@@ -18,6 +18,8 @@ mod service;
 #[cfg(test)]
 mod fakes;
 #[cfg(test)]
+mod oom_tests;
+#[cfg(test)]
 mod sandbox_tests;
 #[cfg(test)]
 mod tests;

@@ -23,6 +23,8 @@ const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(60);
 const EVENT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 /// More containers than a pod has (the agent reports one entry per container).
 const MAX_OOM_ENTRIES: usize = 4096;
+/// The shortest time between two OOM waits.
+const OOM_MIN_ROUND: Duration = Duration::from_secs(1);
 /// Pause before asking again after a failed or refused OOM wait.
 const OOM_RETRY: Duration = Duration::from_secs(1);
 /// Reported for processes whose VM died under them (like a SIGKILL'd process: 128 + 9).
@@ -72,6 +74,9 @@ impl Shim {
             let mut vm_exited = pod.vm.exited();
             let mut known: HashMap<String, u64> = HashMap::new();
             loop {
+                // A guest that answers at once, every time, gets one round a second: it
+                // cannot make the shim spin or flood containerd with events.
+                let round = tokio::time::Instant::now() + OOM_MIN_ROUND;
                 let counts = tokio::select! {
                     r = pod.agent.wait_oom_kills(known.clone()) => r,
                     _ = vm_exited.wait_for(Option::is_some) => return,
@@ -85,6 +90,7 @@ impl Shim {
                             }
                         }
                         known = counts;
+                        tokio::time::sleep_until(round).await;
                     }
                     Ok(counts) => {
                         warn!(shim.log, "the guest reported OOM counts for too many containers";

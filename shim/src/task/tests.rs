@@ -10,8 +10,8 @@ use containerd_shim_protos::events::task::TaskExit;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::topics::{
     TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXEC_ADDED_EVENT_TOPIC,
-    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC,
-    TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_PAUSED_EVENT_TOPIC,
+    TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
 use husk_protocol::io_stream::StreamKind;
 use oci_spec::runtime::Spec;
@@ -26,14 +26,14 @@ use crate::start::SANDBOX_ID_ANNOTATION;
 const SHORT: Duration = Duration::from_millis(300);
 const LONG: Duration = Duration::from_secs(10);
 
-struct World {
-    shim: Arc<Shim>,
-    guest: Arc<Guest>,
-    events: Recorded,
+pub(super) struct World {
+    pub(super) shim: Arc<Shim>,
+    pub(super) guest: Arc<Guest>,
+    pub(super) events: Recorded,
     dir: tempfile::TempDir,
 }
 
-fn world() -> World {
+pub(super) fn world() -> World {
     let guest = Guest::new();
     let (publisher, events) = Publisher::recording();
     let log = slog::Logger::root(slog::Discard, slog::o!());
@@ -75,12 +75,12 @@ impl World {
         self.shim.create(&req).await.map_err(|e| e.code())
     }
 
-    async fn running(&self, id: &str) {
+    pub(super) async fn running(&self, id: &str) {
         assert_eq!(self.create(id).await, Ok(VM_PID));
         assert_eq!(self.shim.start(id, "").await.ok(), Some(INIT_PID));
     }
 
-    fn exec_req(&self, id: &str, exec_id: &str) -> ExecProcessRequest {
+    pub(super) fn exec_req(&self, id: &str, exec_id: &str) -> ExecProcessRequest {
         let mut spec = Any::new();
         spec.value = serde_json::to_vec(&oci_spec::runtime::Process::default()).unwrap();
         let mut req = ExecProcessRequest::new();
@@ -90,7 +90,7 @@ impl World {
         req
     }
 
-    fn status(&self, id: &str, exec_id: &str) -> Result<ApiStatus, Code> {
+    pub(super) fn status(&self, id: &str, exec_id: &str) -> Result<ApiStatus, Code> {
         self.shim
             .state(id, exec_id)
             .map(|s| s.status.enum_value_or_default())
@@ -502,65 +502,6 @@ async fn stats_are_the_guest_figures_as_cgroup_v2_metrics() {
     let m = Metrics::parse_from_bytes(&any.value).unwrap();
     assert_eq!(m.memory.usage, 64 << 20);
     assert_eq!(code(w.shim.stats("nope").await), Some(Code::NOT_FOUND));
-}
-
-#[tokio::test]
-async fn an_oom_kill_is_published_before_the_exit_and_only_once() {
-    let mut w = world();
-    w.running("c1").await;
-    *w.guest.oom_kills.lock().unwrap() = 1;
-    w.shim.exec(&w.exec_req("c1", "e1")).await.unwrap();
-    w.shim.start("c1", "e1").await.unwrap();
-    w.guest.exit("c1", "e1", 137);
-    tokio::time::timeout(LONG, w.shim.wait("c1", "e1"))
-        .await
-        .unwrap()
-        .unwrap();
-    // The same count again at the init's exit is no new OOM kill.
-    w.guest.exit("c1", "", 137);
-    tokio::time::timeout(LONG, w.shim.wait("c1", ""))
-        .await
-        .unwrap()
-        .unwrap();
-    let topics = w.events.topics().await;
-    let ooms: Vec<usize> = (0..topics.len())
-        .filter(|i| topics[*i] == TASK_OOM_EVENT_TOPIC)
-        .collect();
-    let first_exit = topics.iter().position(|t| *t == TASK_EXIT_EVENT_TOPIC);
-    assert_eq!(ooms.len(), 1, "{topics:?}");
-    assert!(Some(ooms[0]) < first_exit, "{topics:?}");
-}
-
-#[tokio::test]
-async fn an_oom_kill_in_a_running_container_is_published_at_once() {
-    let mut w = world();
-    w.running("c1").await;
-    *w.guest.oom_kills.lock().unwrap() = 1;
-    let start = std::time::Instant::now();
-    let mut topics = Vec::new();
-    while !topics.contains(&TASK_OOM_EVENT_TOPIC) {
-        assert!(
-            start.elapsed() < LONG,
-            "no TaskOOM while the container runs"
-        );
-        topics.extend(w.events.topics().await);
-    }
-    assert_eq!(w.status("c1", ""), Ok(ApiStatus::RUNNING));
-    // Reported once: the same count at the exit is no new kill.
-    w.guest.exit("c1", "", 0);
-    tokio::time::timeout(LONG, w.shim.wait("c1", ""))
-        .await
-        .unwrap()
-        .unwrap();
-    topics.extend(w.events.topics().await);
-    assert_eq!(
-        topics
-            .iter()
-            .filter(|t| **t == TASK_OOM_EVENT_TOPIC)
-            .count(),
-        1,
-        "{topics:?}"
-    );
 }
 
 #[tokio::test]
