@@ -162,6 +162,27 @@ impl Shim {
             })
     }
 
+    /// The running pod, taken out: the slot says Gone from now on (no new containers).
+    fn take_pod(&self) -> Option<Arc<Pod>> {
+        match std::mem::replace(&mut *self.pod.lock().ok()?, PodSlot::Gone) {
+            PodSlot::Running(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Every process of every container is reported ended with `status`, its IO cut:
+    /// the VM they ran in is gone.
+    async fn finish_all(&self, status: u32) {
+        let processes: Vec<Arc<Process>> = match self.containers.lock() {
+            Ok(c) => c.values().flat_map(|c| c.all_processes()).collect(),
+            Err(_) => Vec::new(),
+        };
+        for p in processes {
+            p.abort_io();
+            self.finish(&p, status).await;
+        }
+    }
+
     /// Tears the pod down if it is empty, and asks the shim to exit. A Sandbox API pod
     /// stays: StopSandbox and ShutdownSandbox end it.
     async fn shutdown_if_empty(&self) {
@@ -169,13 +190,7 @@ impl Shim {
         if self.container_count() > 0 || self.sandbox_managed() {
             return;
         }
-        let pod = match self.pod.lock() {
-            Ok(mut slot) => match std::mem::replace(&mut *slot, PodSlot::Gone) {
-                PodSlot::Running(p) => Some(p),
-                _ => None,
-            },
-            Err(_) => None,
-        };
+        let pod = self.take_pod();
         if let Some(pod) = pod {
             pod.shutdown().await;
         }

@@ -152,14 +152,7 @@ impl Shim {
             }
             warn!(shim.log, "pod VM ended unexpectedly"; "sandbox" => &pod.id, "how" => &exit.description,
                   "diagnostics" => pod.vm.diagnostics());
-            let processes: Vec<Arc<Process>> = match shim.containers.lock() {
-                Ok(c) => c.values().flat_map(|c| c.all_processes()).collect(),
-                Err(_) => Vec::new(),
-            };
-            for p in processes {
-                p.abort_io();
-                shim.finish(&p, VM_DIED_EXIT_STATUS).await;
-            }
+            shim.finish_all(VM_DIED_EXIT_STATUS).await;
             // Nothing can run in this pod any more: make sure containerd has heard, then
             // exit so that its cleanup (`delete`) takes over. Later calls for the pod's
             // containers then see a dead shim rather than hanging.

@@ -11,7 +11,6 @@ use slog::{info, warn};
 
 use super::error::{TaskError, TaskResult};
 use super::monitor::VM_DIED_EXIT_STATUS;
-use super::process::Process;
 use super::{PodSlot, Shim};
 use crate::container_files::RootfsSource;
 use crate::ids;
@@ -187,13 +186,7 @@ impl Shim {
     pub async fn stop_sandbox(&self, id: &str) -> TaskResult<()> {
         let _guard = self.boot.lock().await;
         let status = self.with_sandbox(id, |r| Ok(r.exit().map(|e| e.status).unwrap_or(0)))?;
-        let pod = match self.pod.lock() {
-            Ok(mut slot) => match std::mem::replace(&mut *slot, PodSlot::Gone) {
-                PodSlot::Running(p) => Some(p),
-                _ => None,
-            },
-            Err(_) => None,
-        };
+        let pod = self.take_pod();
         self.with_sandbox(id, |r| {
             r.set_exited(status);
             Ok(())
@@ -201,15 +194,8 @@ impl Shim {
         let Some(pod) = pod else {
             return Ok(());
         };
-        let processes: Vec<Arc<Process>> = match self.containers.lock() {
-            Ok(c) => c.values().flat_map(|c| c.all_processes()).collect(),
-            Err(_) => Vec::new(),
-        };
         pod.shutdown().await;
-        for p in processes {
-            p.abort_io();
-            self.finish(&p, VM_DIED_EXIT_STATUS).await;
-        }
+        self.finish_all(VM_DIED_EXIT_STATUS).await;
         info!(self.log, "sandbox stopped"; "sandbox" => id);
         Ok(())
     }
