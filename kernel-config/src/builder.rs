@@ -1,7 +1,7 @@
 //! Building the guest kernel into the cache (or finding it there).
 //!
 //! Steps (mirroring the reference `kbuild.sh`): extract the source into
-//! `<cache>/kernel/build/src`, write the merged fragments, `KCONFIG_ALLCONFIG=<merged>
+//! `<cache>/kernel/build/src`, apply the recipe's patches (`patch -p1`), write the merged fragments, `KCONFIG_ALLCONFIG=<merged>
 //! make allnoconfig`, `make olddefconfig`, verify every request landed, `make -j<n>
 //! bzImage`, then copy `bzImage`, `vmlinux`, `.config` into a temporary directory that is
 //! renamed to `<cache>/kernel/<key>` — a cache entry is complete or absent, never partial.
@@ -18,12 +18,15 @@ use crate::cache::KernelArtifacts;
 use crate::exec::{ExecError, run_logged};
 use crate::fragments::{FragmentSet, unmet_requests};
 use crate::key::{CacheKey, cache_key};
+use crate::patches::PatchSet;
 use crate::source::KernelSource;
 
 /// Extracting ~140 MB of xz on a busy 2-core machine takes a few minutes.
 const EXTRACT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// `allnoconfig` / `olddefconfig` build kconfig and run it: about a minute.
 const CONFIG_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// `patch` on one small patch takes milliseconds.
+const PATCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// A cold build is ~16 min on 2 cores; CI allows 90 min for everything.
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(80 * 60);
 
@@ -89,6 +92,7 @@ impl BuildOutcome {
 pub struct KernelBuild {
     source: KernelSource,
     fragments: FragmentSet,
+    patches: PatchSet,
     cache_dir: PathBuf,
     jobs: usize,
     log_name: String,
@@ -102,6 +106,7 @@ impl KernelBuild {
         Self {
             source,
             fragments,
+            patches: PatchSet::default(),
             cache_dir: kernel_cache_dir,
             jobs,
             log_name: "build.log".into(),
@@ -117,9 +122,16 @@ impl KernelBuild {
         self
     }
 
+    /// Patches the extracted source with `patches` before configuring it.
+    #[must_use]
+    pub fn with_patches(mut self, patches: PatchSet) -> Self {
+        self.patches = patches;
+        self
+    }
+
     /// The recipe's cache key.
     pub fn key(&self) -> CacheKey {
-        cache_key(&self.source.version, &self.fragments)
+        cache_key(&self.source.version, &self.fragments, &self.patches)
     }
 
     /// Where this recipe's kernel is (or will be) cached.
@@ -218,6 +230,8 @@ impl KernelBuild {
             &log,
         )?;
 
+        self.apply_patches(&work, &src, &log, progress)?;
+
         fs::write(&merged, self.fragments.merged()).map_err(|source| BuildError::Io {
             what: "writing merged fragments",
             path: merged.clone(),
@@ -250,6 +264,40 @@ impl KernelBuild {
             artifacts.dir.display()
         ));
         self.store(&src, artifacts)
+    }
+
+    /// Applies each patch in order; one that does not apply cleanly fails the build.
+    fn apply_patches(
+        &self,
+        work: &Path,
+        src: &Path,
+        log: &Path,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), BuildError> {
+        for patch in self.patches.patches() {
+            progress(&format!("applying patch {}", patch.name));
+            let file = work.join(&patch.name);
+            fs::write(&file, &patch.contents).map_err(|source| BuildError::Io {
+                what: "writing patch",
+                path: file.clone(),
+                source,
+            })?;
+            run_logged(
+                Command::new("patch")
+                    .current_dir(src)
+                    .args([
+                        "-p1",
+                        "--forward",
+                        "--batch",
+                        "--no-backup-if-mismatch",
+                        "-i",
+                    ])
+                    .arg(&file),
+                PATCH_TIMEOUT,
+                log,
+            )?;
+        }
+        Ok(())
     }
 
     /// Fails unless every request of the fragments is satisfied by `config`.
@@ -452,6 +500,41 @@ mod tests {
         );
         assert!(
             !build.artifacts().dir.exists(),
+            "a failed build must not be cached"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn patches_apply_before_the_build_and_a_stale_one_fails_it() {
+        let dir = std::env::temp_dir().join(format!("husk-kbuild-patch-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let patch = |from: &str| {
+            PatchSet::from_patches(vec![Fragment {
+                name: "0001-x.patch".into(),
+                contents: format!(
+                    "--- a/Makefile\n+++ b/Makefile\n@@ -5,2 +5,2 @@\n bzImage:\n-\tmkdir -p {from}\n+\tmkdir -p arch/x86/boot && echo patched > vmlinux && echo bz > arch/x86/boot/bzImage\n"
+                )
+                .into_bytes(),
+            }])
+        };
+        let source = fake_source(&dir, "NOTHING");
+        let good = KernelBuild::new(source.clone(), fragments(), dir.join("cache")).with_patches(
+            patch("arch/x86/boot && echo bz > arch/x86/boot/bzImage && echo elf > vmlinux"),
+        );
+        assert_ne!(
+            good.key(),
+            KernelBuild::new(source.clone(), fragments(), dir.join("cache")).key()
+        );
+        good.ensure(&mut |_| {}).unwrap();
+        assert_eq!(fs::read(good.artifacts().vmlinux()).unwrap(), b"patched\n");
+
+        let stale = KernelBuild::new(source, fragments(), dir.join("cache"))
+            .with_patches(patch("somewhere/else"));
+        let err = stale.ensure(&mut |_| {}).unwrap_err();
+        assert!(matches!(err, BuildError::Exec(_)), "{err}");
+        assert!(
+            !stale.artifacts().dir.exists(),
             "a failed build must not be cached"
         );
         fs::remove_dir_all(&dir).unwrap();

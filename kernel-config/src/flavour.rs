@@ -13,6 +13,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::fragments::{FragmentError, FragmentSet};
+use crate::patches::PatchSet;
 
 /// A kernel flavour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,6 +56,18 @@ impl Flavour {
     }
 }
 
+impl Flavour {
+    /// Loads the flavour's source patches: `patches/` for the guest. The outer kernel
+    /// takes none (what they change matters to pod VMs only, and its cached build stays
+    /// valid).
+    pub fn patches(self, kernel_config_dir: &Path) -> Result<PatchSet, FragmentError> {
+        match self {
+            Flavour::Guest => PatchSet::load(&kernel_config_dir.join("patches")),
+            Flavour::Outer => Ok(PatchSet::default()),
+        }
+    }
+}
+
 impl fmt::Display for Flavour {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -76,7 +89,22 @@ mod tests {
         let guest = Flavour::Guest.fragments(crate_dir()).unwrap();
         let plain = FragmentSet::load(&crate_dir().join("fragments")).unwrap();
         assert_eq!(guest, plain);
-        assert_eq!(cache_key("v", &guest), cache_key("v", &plain));
+        let none = PatchSet::default();
+        assert_eq!(cache_key("v", &guest, &none), cache_key("v", &plain, &none));
+        assert!(
+            !Flavour::Guest
+                .patches(crate_dir())
+                .unwrap()
+                .patches()
+                .is_empty()
+        );
+        assert!(
+            Flavour::Outer
+                .patches(crate_dir())
+                .unwrap()
+                .patches()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -115,6 +143,7 @@ mod tests {
             };
             assert!(requests.contains(&want), "{symbol}=y is not requested");
         }
-        assert_ne!(cache_key("v", &guest), cache_key("v", &outer));
+        let none = PatchSet::default();
+        assert_ne!(cache_key("v", &guest, &none), cache_key("v", &outer, &none));
     }
 }

@@ -16,7 +16,7 @@ pub enum FragmentError {
         source: std::io::Error,
     },
     /// A fragment's file name is not UTF-8 (it is part of the cache key).
-    #[error("kernel config fragment {0} has a non-UTF-8 file name")]
+    #[error("kernel config file {0} has a non-UTF-8 file name")]
     NonUtf8Name(PathBuf),
     /// No `*.conf` file at all: almost certainly the wrong directory.
     #[error("no *.conf kernel config fragments in {0}")]
@@ -30,6 +30,29 @@ pub struct Fragment {
     pub name: String,
     /// Contents, verbatim.
     pub contents: Vec<u8>,
+}
+
+/// Every regular file of `dir` whose extension is `ext`, by file name (unsorted).
+pub(crate) fn read_files_named(dir: &Path, ext: &str) -> Result<Vec<Fragment>, FragmentError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| FragmentError::Io { path, source }
+    };
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        if path.extension().is_none_or(|e| e != ext) || !path.is_file() {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| FragmentError::NonUtf8Name(path.clone()))?
+            .to_owned();
+        let contents = fs::read(&path).map_err(io(&path))?;
+        files.push(Fragment { name, contents });
+    }
+    Ok(files)
 }
 
 /// What a fragment line asks of the final `.config`.
@@ -91,24 +114,7 @@ pub struct FragmentSet {
 impl FragmentSet {
     /// Loads every `*.conf` file of `dir`.
     pub fn load(dir: &Path) -> Result<Self, FragmentError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| FragmentError::Io { path, source }
-        };
-        let mut fragments = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io(dir))? {
-            let path = entry.map_err(io(dir))?.path();
-            if path.extension().is_none_or(|e| e != "conf") || !path.is_file() {
-                continue;
-            }
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| FragmentError::NonUtf8Name(path.clone()))?
-                .to_owned();
-            let contents = fs::read(&path).map_err(io(&path))?;
-            fragments.push(Fragment { name, contents });
-        }
+        let fragments = read_files_named(dir, "conf")?;
         if fragments.is_empty() {
             return Err(FragmentError::Empty(dir.to_owned()));
         }

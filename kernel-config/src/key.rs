@@ -5,7 +5,8 @@
 //! fragment sorted by file name: `<file name>\n<contents verbatim>`. A flavour with a
 //! second layer of fragments (the outer kernel, see [`crate::Flavour`]) hashes that layer
 //! after the first, its names prefixed (`outer/80-host-9p.conf`), so its key differs from
-//! the guest's while the guest's key stays what it always was.
+//! the guest's while the guest's key stays what it always was. Source patches, if the
+//! recipe has any, follow as `patch/<file name>\n<contents verbatim>`.
 //!
 //! This is byte-for-byte what the reference shell computed
 //! (`printf 'husk-kernel-recipe-1\nlinux-source-6.1 %s\n' "$VER"; for f in ...; do
@@ -18,6 +19,7 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 use crate::fragments::FragmentSet;
+use crate::patches::PatchSet;
 use crate::source::SOURCE_PACKAGE;
 
 /// Versions the build recipe itself.
@@ -43,8 +45,8 @@ impl fmt::Display for CacheKey {
 }
 
 /// Computes the cache key of a kernel built from `linux-source-6.1` at
-/// `source_version` (the Debian package version) with `fragments`.
-pub fn cache_key(source_version: &str, fragments: &FragmentSet) -> CacheKey {
+/// `source_version` (the Debian package version) with `fragments` and `patches`.
+pub fn cache_key(source_version: &str, fragments: &FragmentSet, patches: &PatchSet) -> CacheKey {
     let mut h = Sha256::new();
     h.update(RECIPE_TAG.as_bytes());
     h.update(b"\n");
@@ -53,6 +55,10 @@ pub fn cache_key(source_version: &str, fragments: &FragmentSet) -> CacheKey {
         h.update(f.name.as_bytes());
         h.update(b"\n");
         h.update(&f.contents);
+    }
+    for p in patches.patches() {
+        h.update(format!("patch/{}\n", p.name).as_bytes());
+        h.update(&p.contents);
     }
     let mut hex = hex::encode(h.finalize());
     hex.truncate(KEY_HEX_LEN);
@@ -78,7 +84,10 @@ mod tests {
                 contents: b"# c\nCONFIG_B=\"x y\"\n".to_vec(),
             },
         ]);
-        assert_eq!(cache_key("6.1.192-3", &set).as_str(), "d94c266dc6ecebe6");
+        assert_eq!(
+            cache_key("6.1.192-3", &set, &PatchSet::default()).as_str(),
+            "d94c266dc6ecebe6"
+        );
     }
 
     #[test]
@@ -89,11 +98,24 @@ mod tests {
                 contents: c.into(),
             }])
         };
-        let base = cache_key("1", &set("a.conf", "X\n"));
+        let none = PatchSet::default();
+        let base = cache_key("1", &set("a.conf", "X\n"), &none);
         assert_eq!(base.as_str().len(), 16);
-        assert_ne!(base, cache_key("2", &set("a.conf", "X\n")));
-        assert_ne!(base, cache_key("1", &set("b.conf", "X\n")));
-        assert_ne!(base, cache_key("1", &set("a.conf", "Y\n")));
-        assert_eq!(base, cache_key("1", &set("a.conf", "X\n")));
+        assert_ne!(base, cache_key("2", &set("a.conf", "X\n"), &none));
+        assert_ne!(base, cache_key("1", &set("b.conf", "X\n"), &none));
+        assert_ne!(base, cache_key("1", &set("a.conf", "Y\n"), &none));
+        assert_eq!(base, cache_key("1", &set("a.conf", "X\n"), &none));
+        let patch = |c: &str| {
+            PatchSet::from_patches(vec![Fragment {
+                name: "0001-x.patch".into(),
+                contents: c.into(),
+            }])
+        };
+        let patched = cache_key("1", &set("a.conf", "X\n"), &patch("--- a\n"));
+        assert_ne!(base, patched);
+        assert_ne!(
+            patched,
+            cache_key("1", &set("a.conf", "X\n"), &patch("--- b\n"))
+        );
     }
 }

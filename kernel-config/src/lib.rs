@@ -13,7 +13,8 @@
 //!
 //! A second [`Flavour`] shares the machinery: the outer kernel of the nested-KVM test host
 //! (the guest fragments, then `kernel-config/outer/`), cached under its own key; the
-//! guest's key does not change because the outer flavour exists.
+//! guest's key does not change because the outer flavour exists. The guest flavour's
+//! source also gets the patches in `kernel-config/patches/` ([`PatchSet`]).
 
 mod builder;
 mod cache;
@@ -21,6 +22,7 @@ mod exec;
 mod flavour;
 mod fragments;
 mod key;
+mod patches;
 mod source;
 
 pub use builder::{BuildError, BuildOutcome, KernelBuild};
@@ -29,4 +31,5 @@ pub use exec::ExecError;
 pub use flavour::Flavour;
 pub use fragments::{Fragment, FragmentError, FragmentSet, Request, unmet_requests};
 pub use key::{CacheKey, RECIPE_TAG, cache_key};
+pub use patches::PatchSet;
 pub use source::{KernelSource, SOURCE_PACKAGE, SOURCE_TARBALL, SourceError};

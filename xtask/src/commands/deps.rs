@@ -13,7 +13,7 @@ use crate::ui::{note, step};
 use crate::workspace::Workspace;
 
 /// Debian packages: VMM, container stack, image tools, kernel build, agent build.
-pub const APT_PACKAGES: [&str; 21] = [
+pub const APT_PACKAGES: [&str; 22] = [
     "qemu-system-x86",
     "containerd",
     "runc",
@@ -28,6 +28,8 @@ pub const APT_PACKAGES: [&str; 21] = [
     "bc",
     "flex",
     "bison",
+    // applies kernel-config/patches to the guest kernel source.
+    "patch",
     "libelf-dev",
     "libssl-dev",
     "libseccomp-dev",

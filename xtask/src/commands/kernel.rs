@@ -27,7 +27,9 @@ fn flavour(ws: &Workspace, flavour: Flavour) -> Result<KernelArtifacts> {
     let source = KernelSource::detect().context("finding the kernel source")?;
     let config_dir = ws.root.join("kernel-config");
     let fragments = flavour.fragments(&config_dir)?;
-    let mut build = KernelBuild::new(source.clone(), fragments, kernel_cache_dir(&ws.cache));
+    let patches = flavour.patches(&config_dir)?;
+    let mut build = KernelBuild::new(source.clone(), fragments, kernel_cache_dir(&ws.cache))
+        .with_patches(patches.clone());
     if flavour != Flavour::Guest {
         build = build.named(flavour.name());
     }
@@ -36,10 +38,16 @@ fn flavour(ws: &Workspace, flavour: Flavour) -> Result<KernelArtifacts> {
         .iter()
         .map(|(dir, _)| config_dir.join(dir).display().to_string())
         .collect();
+    let patch_names: Vec<&str> = patches.patches().iter().map(|p| p.name.as_str()).collect();
     step(format!(
-        "{flavour} kernel: linux-source-6.1 {} + fragments in {} -> key {}",
+        "{flavour} kernel: linux-source-6.1 {} + fragments in {}{} -> key {}",
         source.version,
         layers.join(" + "),
+        if patch_names.is_empty() {
+            String::new()
+        } else {
+            format!(" + patches {}", patch_names.join(", "))
+        },
         build.key()
     ));
     let started = Instant::now();
