@@ -57,7 +57,23 @@ impl NetSpec {
     }
 }
 
+/// The uncompressed `vmlinux` beside a bzImage boots faster (PVH, no decompression); the
+/// installed layout has `/usr/share/husk/vmlinux` beside `vmlinuz`.
+pub fn preferred_kernel(kernel: &Path) -> PathBuf {
+    let sibling = kernel.with_file_name("vmlinux");
+    if kernel.file_name() != sibling.file_name() && sibling.is_file() {
+        sibling
+    } else {
+        kernel.to_path_buf()
+    }
+}
+
 impl VmSpec {
+    /// The kernel both monitors boot: [`preferred_kernel`] of the configured one.
+    pub fn boot_kernel(&self) -> PathBuf {
+        preferred_kernel(&self.kernel)
+    }
+
     /// Duplicates of the taps' descriptors, for the VMM to inherit from fd 3 on.
     pub(crate) fn tap_fds(&self) -> Result<Vec<std::os::fd::OwnedFd>, VmmError> {
         self.net

@@ -52,8 +52,9 @@ fn lifecycle(flavour: ContainerdFlavour) -> Result<()> {
         "expected one QEMU for pod {pod}, found {}",
         vmms.len()
     );
-    // QEMU names the kernel by where its jail shows it; that file is the config's kernel.
-    let kernel = Artifacts::from_env()?.kernel();
+    // QEMU names the kernel by where its jail shows it; that file is the config's kernel
+    // (its uncompressed vmlinux, which both monitors prefer).
+    let kernel = husk_hypervisor::spec::preferred_kernel(&Artifacts::from_env()?.kernel());
     let booted = std::fs::metadata(format!("/proc/{}/root/boot/kernel", vmms[0].pid))?;
     let wanted = std::fs::metadata(&kernel)?;
     ensure!(

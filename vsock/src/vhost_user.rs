@@ -1,4 +1,4 @@
-//! vhost-user adapter: serves [`VsockDevice`] to QEMU's `vhost-user-vsock-pci` through
+//! vhost-user adapter: serves [`VsockDevice`] to QEMU's `vhost-user-vsock-device` through
 //! `vhost-user-backend`.
 //!
 //! QEMU keeps the event queue for itself and hands the backend only RX and TX. Everything runs

@@ -4,9 +4,9 @@
 //! mount, which can never be unmounted or pivoted away from, so `pivot_root` into a container
 //! rootfs fails there. Two ways out: create containers with libcontainer's `no_pivot`
 //! (MS_MOVE + chroot, as Kata does for initrd guests), or move the guest's own root onto a
-//! real mount once at boot. We do the latter, like `switch_root`: a tmpfs, a copy of `/init`,
-//! MS_MOVE onto `/`, chroot, re-exec ([`switch_root`]). It costs one copy of the binary at boot
-//! (milliseconds), frees the initramfs copy, and lets every container use `pivot_root` — with
+//! real mount once at boot. We do the latter, like `switch_root`: a tmpfs, `/init` bound into
+//! it, MS_MOVE onto `/`, chroot ([`switch_root`]). It costs a few mounts at boot and lets
+//! every container use `pivot_root` — with
 //! chroot the old root stays reachable from inside the container's mount namespace, which
 //! runc documents as unsafe, and `no_pivot` also forgoes unmounting the host's mounts.
 //!
@@ -25,11 +25,10 @@ pub enum InitError {
     Mount(#[from] mounts::MountError),
 }
 
-/// Makes the guest usable: a real root, kernel filesystems, console stdio. Re-executes the
-/// agent (and does not return) when the root still is the initramfs.
+/// Makes the guest usable: a real root, kernel filesystems, console stdio.
 pub fn prepare_guest() -> Result<(), InitError> {
     if switch_root::root_is_initramfs()? {
-        match switch_root::switch_to_tmpfs()? {}
+        switch_root::switch_to_tmpfs()?;
     }
     mounts::mount_kernel_filesystems()?;
     mounts::ensure_console_stdio();

@@ -66,7 +66,7 @@ impl BuiltinVmm {
         }
         Ok(VmConfig {
             name: spec.name.clone(),
-            kernel: preferred_kernel(&spec.kernel),
+            kernel: spec.boot_kernel(),
             initrd: Some(spec.initrd.clone()),
             cmdline,
             vcpus,
@@ -91,17 +91,6 @@ impl BuiltinVmm {
                 .collect(),
             jail: None,
         })
-    }
-}
-
-/// The uncompressed `vmlinux` beside a bzImage boots faster (PVH, no decompression); the
-/// installed layout has `/usr/share/husk/vmlinux` beside `vmlinuz`.
-pub fn preferred_kernel(kernel: &Path) -> PathBuf {
-    let sibling = kernel.with_file_name("vmlinux");
-    if kernel.file_name() != sibling.file_name() && sibling.is_file() {
-        sibling
-    } else {
-        kernel.to_path_buf()
     }
 }
 

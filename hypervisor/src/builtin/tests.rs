@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use super::*;
-use crate::spec::{SharedFsSpec, VsockSpec};
+use crate::spec::{SharedFsSpec, VsockSpec, preferred_kernel};
 use husk_vmm_config::EXIT_SETUP_FAILED;
 
 fn spec(dir: &Path) -> VmSpec {

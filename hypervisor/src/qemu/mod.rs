@@ -24,7 +24,7 @@ use slog::{Logger, info};
 use tokio::process::Command;
 
 use crate::vm_processes::VmProcesses;
-pub use args::{Accel, FALLBACK_TSC_KHZ, QemuPaths, kernel_cmdline, qemu_args};
+pub use args::{Accel, FALLBACK_TSC_KHZ, MACHINE, QemuPaths, kernel_cmdline, qemu_args};
 
 use crate::binaries::{self, Search};
 use crate::child::{Stdout, Supervised};
@@ -85,7 +85,7 @@ impl Vmm for QemuVmm {
     async fn launch(&self, spec: &VmSpec, log: &Logger) -> Result<Box<dyn VmHandle>, VmmError> {
         spec.validate()?;
         for (what, path) in [
-            ("guest kernel", &spec.kernel),
+            ("guest kernel", &spec.boot_kernel()),
             ("guest initramfs", &spec.initrd),
         ] {
             readable_by_others(what, path)?;
@@ -201,7 +201,13 @@ impl QemuVmm {
             contents: Contents {
                 // The taps, from fd 3 on.
                 inherited_fds: u32::try_from(spec.net.len()).unwrap_or(0),
-                ..jail::contents(&self.binary, &spec.kernel, &spec.initrd, spec.vcpus, kvm)
+                ..jail::contents(
+                    &self.binary,
+                    &spec.boot_kernel(),
+                    &spec.initrd,
+                    spec.vcpus,
+                    kvm,
+                )
             },
             program: self.binary.clone(),
             args: qemu_args(spec, self.accel, &paths),
