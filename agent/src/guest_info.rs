@@ -22,6 +22,20 @@ pub fn uptime_ms() -> Result<u64, GuestInfoError> {
     Ok(u64::try_from(uptime()?.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// [`uptime`] in whole microseconds.
+pub fn uptime_us() -> Result<u64, GuestInfoError> {
+    Ok(u64::try_from(uptime()?.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// When the agent's boot milestones happened, in guest uptime.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BootTimes {
+    /// The kernel ran `/init`.
+    pub init_us: u64,
+    /// The agent began serving.
+    pub serving_ms: u64,
+}
+
 /// `uname -r` of the running kernel.
 pub fn kernel_release() -> String {
     nix::sys::utsname::uname()

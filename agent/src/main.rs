@@ -62,7 +62,8 @@ fn describe(e: &anyhow::Error) -> String {
 }
 
 fn run_init() -> Result<Infallible> {
-    let started_ms = guest_info::uptime_ms().unwrap_or_default();
+    let init_us = guest_info::uptime_us().unwrap_or_default();
+    let started_ms = init_us / 1000;
     init::prepare_guest().context("preparing the guest")?;
     let cmdline = std::fs::read_to_string(cmdline::PROC_CMDLINE).unwrap_or_default();
     let level = cmdline::log_level(&cmdline);
@@ -90,10 +91,10 @@ fn run_init() -> Result<Infallible> {
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
-    runtime.block_on(serve(log))
+    runtime.block_on(serve(init_us, log))
 }
 
-async fn serve(log: Logger) -> Result<Infallible> {
+async fn serve(init_us: u64, log: Logger) -> Result<Infallible> {
     // The reaper first: no child may exit unseen.
     let exits = Arc::new(ExitRegistry::default());
     let reaper = Reaper::install(Arc::clone(&exits), log.new(slog::o!("part" => "reaper")))
@@ -119,14 +120,17 @@ async fn serve(log: Logger) -> Result<Infallible> {
     let service = Arc::new(AgentService::new(
         containers,
         sandbox,
-        serving_ms,
+        guest_info::BootTimes {
+            init_us,
+            serving_ms,
+        },
         log.clone(),
     ));
     let _server = listeners
         .serve(service, streams, log.new(slog::o!("part" => "io")))
         .await
         .context("starting the servers")?;
-    info!(log, "agent serving"; "uptime_ms" => serving_ms);
+    info!(log, "agent serving"; "uptime_ms" => serving_ms, "init_uptime_us" => init_us);
     mark_boot_timer(&log);
     std::future::pending().await
 }

@@ -32,5 +32,5 @@ pub use select::{
     select, select_with,
 };
 pub use spec::{NetSpec, SharedFsSpec, VmSpec, VsockSpec};
-pub use vmm::{VmExit, VmHandle, Vmm, VmmError};
+pub use vmm::{LaunchTimes, VmExit, VmHandle, Vmm, VmmError};
 pub use vmm_ids::IdRange;

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::child::Supervised;
-use crate::vmm::{VmExit, VmHandle};
+use crate::vmm::{LaunchTimes, VmExit, VmHandle};
 
 /// How long helpers get to exit on their own once the VM is gone (virtiofsd exits when its
 /// vhost-user peer disconnects).
@@ -33,6 +33,7 @@ pub(crate) struct VmProcesses {
     describe: fn(ExitStatus) -> String,
     /// Run once, after the processes are gone (on stop or drop).
     cleanups: Mutex<Vec<Cleanup>>,
+    launched: LaunchTimes,
 }
 
 impl VmProcesses {
@@ -53,11 +54,14 @@ impl VmProcesses {
             stop_requested: Arc::new(AtomicBool::new(false)),
             describe,
             cleanups: Mutex::new(Vec::new()),
+            launched: LaunchTimes::default(),
         }
     }
 
+    /// Adds a running helper whose socket the shim bound already: it is ready now.
     pub(crate) fn add_helper(&mut self, helper: Supervised) {
         self.helpers.push(helper);
+        self.launched.helpers_ready = Some(SystemTime::now());
     }
 
     /// Runs `cleanup` once the VM's processes are gone.
@@ -69,6 +73,7 @@ impl VmProcesses {
 
     /// Takes ownership of the monitor and starts translating its exit into a [`VmExit`].
     pub(crate) fn set_vmm(&mut self, vmm: Supervised) {
+        self.launched.vmm_spawned = Some(SystemTime::now());
         let mut exit = vmm.exit_watch();
         let tx = self.exit_tx.clone();
         let requested = self.stop_requested.clone();
@@ -127,6 +132,10 @@ impl VmHandle for VmProcesses {
             }
         }
         parts.join("; ")
+    }
+
+    fn launch_times(&self) -> LaunchTimes {
+        self.launched
     }
 
     fn processes(&self) -> Vec<(String, u32)> {

@@ -1,7 +1,7 @@
 //! The backend-neutral VM interface the shim programs against.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use slog::Logger;
@@ -70,6 +70,15 @@ pub struct VmExit {
     pub requested: bool,
 }
 
+/// When the parts of a VM came up, on the host's wall clock (the shim's start phases).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaunchTimes {
+    /// The last helper (virtiofsd, the vsock backend) was running, its socket listening.
+    pub helpers_ready: Option<SystemTime>,
+    /// The monitor process was spawned.
+    pub vmm_spawned: Option<SystemTime>,
+}
+
 /// A VMM backend: turns a [`VmSpec`] into a running VM.
 #[async_trait]
 pub trait Vmm: Send + Sync {
@@ -92,6 +101,10 @@ pub trait VmHandle: Send + Sync {
     /// `(role, pid)` of every host process this VM owns, recorded so that cleanup after a
     /// crashed shim can find them.
     fn processes(&self) -> Vec<(String, u32)>;
+    /// When the helpers and the monitor started; empty for a VM that records none.
+    fn launch_times(&self) -> LaunchTimes {
+        LaunchTimes::default()
+    }
     /// Waits up to `grace` for the VM to end on its own (the guest was asked to power off),
     /// then kills it; returns once the VMM and its helpers are gone and their sockets removed.
     async fn stop(&self, grace: Duration);

@@ -26,6 +26,7 @@ pub mod sandbox;
 pub mod serve;
 pub mod sizing;
 pub mod start;
+pub mod start_phases;
 pub mod stdio;
 pub mod task;
 pub mod volume_watch;

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use husk_hypervisor::{
@@ -23,6 +23,7 @@ use crate::pod_cgroup::{PodCgroup, PodCgroupError};
 use crate::pod_dir::{PodDir, PodDirError};
 use crate::sandbox::{PodFileDirs, PodFiles, PodFilesError, pod_files};
 use crate::sizing::PodSize;
+use crate::start_phases::{Mark, StartTimeline};
 use crate::volume_watch::VolumeWatch;
 
 /// virtio-fs tag of the pod share, mounted by the agent at `SHARED_DIR_GUEST`.
@@ -54,6 +55,8 @@ pub struct Pod {
     pub(crate) host: Box<dyn PodHost>,
     /// Watches atomically updated volumes ([`crate::pod_volumes`]); none if inotify failed.
     pub(crate) volumes: Option<Arc<VolumeWatch>>,
+    /// How the pod's start went, logged when its first process starts.
+    start: std::sync::Mutex<StartTimeline>,
     pub(crate) log: Logger,
 }
 
@@ -114,7 +117,19 @@ impl Pod {
             agent,
             host,
             volumes,
+            start: std::sync::Mutex::new(StartTimeline::default()),
             log: log.clone(),
+        }
+    }
+
+    /// Records a step of the pod's start the first time it happens (later containers do
+    /// not move it), at `at` or now; logs the phases once the first process started.
+    pub fn mark_start(&self, mark: Mark, at: Option<SystemTime>) {
+        if let Ok(mut t) = self.start.lock() {
+            if !t.has(mark) {
+                t.mark_at(mark, at.unwrap_or_else(SystemTime::now));
+            }
+            t.log_once(&self.log);
         }
     }
 
@@ -133,6 +148,8 @@ impl Pod {
         log: &Logger,
     ) -> Result<Self, PodError> {
         let log = log.new(slog::o!("sandbox" => id.to_string()));
+        let mut timeline = StartTimeline::default();
+        timeline.mark(Mark::Requested);
         let selection = husk_hypervisor::select_with(
             config.hypervisor.backend,
             &config.hypervisor.qemu_path,
@@ -158,10 +175,17 @@ impl Pod {
             size,
             &*selection.vmm,
             &host,
+            &mut timeline,
             &log,
         );
         match started.await {
-            Ok((vm, agent)) => Ok(Self::new(id, vm, Box::new(agent), Box::new(host), &log)),
+            Ok((vm, agent)) => {
+                let pod = Self::new(id, vm, Box::new(agent), Box::new(host), &log);
+                if let Ok(mut t) = pod.start.lock() {
+                    *t = timeline;
+                }
+                Ok(pod)
+            }
             Err(e) => {
                 host.remove().await;
                 Err(e)
@@ -179,6 +203,7 @@ impl Pod {
         size: &PodSize,
         vmm: &dyn husk_hypervisor::Vmm,
         host: &HostState,
+        timeline: &mut StartTimeline,
         log: &Logger,
     ) -> Result<(Box<dyn VmHandle>, AgentClient), PodError> {
         host.dir.create()?;
@@ -195,6 +220,7 @@ impl Pod {
             *host.network.lock().await = Some(network);
         }
         let started = Instant::now();
+        timeline.mark(Mark::LaunchBegun);
         let vm = vmm
             .launch(&vm_spec(id, &host.dir, config, size, net), log)
             .await?;
@@ -211,9 +237,12 @@ impl Pod {
             Err(source) => return Err(Self::failed_vm(vm, source, log).await),
         };
         let ready = started.elapsed();
+        timeline.launched(vm.launch_times());
+        timeline.agent_connected(&check, SystemTime::now());
         if let Err(source) = set_up_guest(&agent, id, hostname, size, interfaces).await {
             return Err(Self::failed_vm(vm, source, log).await);
         }
+        timeline.mark(Mark::SandboxCreated);
         if let Some(network) = host.network.lock().await.as_mut() {
             // The pod is usable without it; PortForward then fails to dial, and this says why.
             if let Err(e) = network.forward_ports(host.dir.vsock_uds()) {

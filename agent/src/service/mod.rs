@@ -34,8 +34,8 @@ pub const DESTROY_KILL_WAIT: Duration = Duration::from_secs(3);
 pub struct AgentService {
     containers: Arc<Containers>,
     sandbox: Arc<Sandbox>,
-    /// Guest uptime when the agent began serving.
-    serving_since_ms: u64,
+    /// When the guest ran `/init` and the agent began serving.
+    boot: crate::guest_info::BootTimes,
     log: Logger,
 }
 
@@ -43,13 +43,13 @@ impl AgentService {
     pub fn new(
         containers: Arc<Containers>,
         sandbox: Arc<Sandbox>,
-        serving_since_ms: u64,
+        boot: crate::guest_info::BootTimes,
         log: Logger,
     ) -> Self {
         Self {
             containers,
             sandbox,
-            serving_since_ms,
+            boot,
             log,
         }
     }
@@ -104,7 +104,9 @@ impl Agent for AgentService {
         Ok(CheckResponse {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel_release: crate::guest_info::kernel_release(),
-            boot_to_agent_ms: self.serving_since_ms,
+            boot_to_agent_ms: self.boot.serving_ms,
+            uptime_us: crate::guest_info::uptime_us().unwrap_or_default(),
+            init_uptime_us: self.boot.init_us,
             ..Default::default()
         })
     }

@@ -123,6 +123,11 @@ impl AgentClient {
             last,
         })
     }
+
+    /// One health check on the open connection (the cheapest round trip there is).
+    pub async fn check(&self) -> Result<CheckResponse, AgentError> {
+        rpc!(self, check, CheckRequest::new())
+    }
 }
 
 #[async_trait]

@@ -22,6 +22,7 @@ use crate::mounts::MountSpec;
 use crate::pod::Pod;
 use crate::pod_launch::PodPlan;
 use crate::start::SANDBOX_ID_ANNOTATION;
+use crate::start_phases::Mark;
 use crate::stdio::{ProcessIo, StdioPaths};
 
 impl Shim {
@@ -120,6 +121,7 @@ impl Shim {
         }
         let plan = PodPlan::from_sandbox_spec(group, req, spec)?;
         let pod = self.launcher.launch(&plan, &self.log).await?;
+        pod.mark_start(Mark::ShimStarted, Some(self.started));
         let pod = Arc::new(pod);
         if let Ok(mut slot) = self.pod.lock() {
             *slot = PodSlot::Running(pod.clone());
@@ -179,6 +181,7 @@ impl Shim {
                 .await?;
             init.set_guest_pid(pid);
             init.set_io(io);
+            pod.mark_start(Mark::ContainerCreated, None);
             Ok(())
         }
         .await;

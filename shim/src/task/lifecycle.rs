@@ -15,6 +15,7 @@ use slog::warn;
 use super::Shim;
 use super::error::{TaskError, TaskResult};
 use super::process::{Process, Status};
+use crate::start_phases::Mark;
 use crate::stdio::{ProcessIo, STDIN_DRAIN_TIMEOUT};
 
 /// How long Delete waits for a killed, never-started process to be reported exited.
@@ -41,6 +42,7 @@ impl Shim {
         if process.is_init() {
             pod.agent.start_container(id).await?;
             process.set_running();
+            pod.mark_start(Mark::ProcessStarted, None);
             let mut ev = TaskStart::new();
             ev.container_id = id.to_string();
             ev.pid = process.guest_pid();

@@ -68,6 +68,8 @@ pub struct Shim {
     sandbox: Mutex<Option<SandboxRecord>>,
     /// The husk configuration file containerd's runtime options named at `start`.
     config_path: Option<String>,
+    /// When this shim was made: the first mark of its pod's start phases.
+    started: std::time::SystemTime,
     exit: watch::Sender<bool>,
 }
 
@@ -103,6 +105,7 @@ impl Shim {
             containers: Mutex::new(HashMap::new()),
             sandbox: Mutex::new(None),
             config_path,
+            started: std::time::SystemTime::now(),
             exit: watch::channel(false).0,
         })
     }

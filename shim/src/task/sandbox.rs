@@ -16,6 +16,7 @@ use crate::container_files::RootfsSource;
 use crate::ids;
 use crate::pod::Pod;
 use crate::sandbox::{Phase, SandboxExit, SandboxRecord, pause, pod_config};
+use crate::start_phases::Mark;
 use crate::stdio::StdioPaths;
 
 /// What SandboxStatus reports (CRI's PodSandboxState names).
@@ -87,6 +88,7 @@ impl Shim {
         })?;
         let begin = std::time::Instant::now();
         let pod = Arc::new(self.launcher.launch(&request.plan, &self.log).await?);
+        pod.mark_start(Mark::ShimStarted, Some(self.started));
         let booted = begin.elapsed();
         match self.start_pause(&pod, id, &request, &begin).await {
             Ok((pause_pid, files)) => {

@@ -15,7 +15,13 @@ use super::{NestedError, NestedHost, NestedOutput, VMM_BINARY};
 use crate::{ARTIFACTS_ENV, Artifacts};
 
 /// Numeric columns of the `RESULT` lines, in table order.
-pub const METRICS: [&str; 8] = [
+pub const METRICS: [&str; 14] = [
+    "phase_helpers_ms",
+    "phase_vmm_spawn_ms",
+    "phase_firmware_ms",
+    "phase_kernel_ms",
+    "phase_init_ms",
+    "phase_connect_ms",
     "launch_ms",
     "boot_to_agent_ms",
     "guest_uptime_at_agent_ms",

@@ -25,6 +25,9 @@ pub struct Memory {
     pub pss: u64,
     /// Resident pages of the guest RAM mapping(s).
     pub guest_rss: u64,
+    /// This process's proportional share of them (the vhost-user helpers map guest RAM
+    /// too, so shared pages are split among the mappers).
+    pub guest_pss: u64,
     /// `Pss_Anon` of `smaps_rollup` (whole process; with an anonymous guest RAM mapping
     /// it includes the guest's touched pages).
     pub pss_anon: u64,
@@ -34,6 +37,11 @@ impl Memory {
     /// RSS without the guest RAM: what the monitor itself costs.
     pub fn monitor_rss(&self) -> u64 {
         self.rss.saturating_sub(self.guest_rss)
+    }
+
+    /// PSS without the share of guest RAM: what the process itself costs.
+    pub fn own_pss(&self) -> u64 {
+        self.pss.saturating_sub(self.guest_pss)
     }
 }
 
@@ -97,6 +105,9 @@ fn parse_smaps(smaps: &str, guest_kib: u64) -> Memory {
             }
         } else if let Some(v) = field(line, "Pss") {
             m.pss += v;
+            if size == guest_kib {
+                m.guest_pss += v;
+            }
         }
     }
     m
@@ -122,5 +133,6 @@ Pss_Dirty:             0 kB
         let m = parse_smaps(smaps, 262_144);
         assert_eq!((m.rss, m.pss, m.guest_rss), (46_000, 43_000, 40_000));
         assert_eq!(m.monitor_rss(), 6_000);
+        assert_eq!((m.guest_pss, m.own_pss()), (40_000, 3_000));
     }
 }

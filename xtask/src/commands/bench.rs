@@ -12,13 +12,15 @@
 
 mod nested;
 mod network;
+mod phases;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use husk_tests::nested::smaps;
 use husk_tests::procfs::snapshot;
 use husk_tests::{
     Artifacts, BusyboxImage, Containerd, Ctr, HUSK_RUNTIME, LeakScope, RUNC_RUNTIME, TestScope,
@@ -111,28 +113,34 @@ fn measure(
     let mut husk_total = Vec::new();
     let mut runc_first = Vec::new();
     let mut runc_total = Vec::new();
+    let mut husk_phases = Vec::new();
     for i in 0..RUNS {
         // Alternate runtimes so machine load drifts affect both alike.
-        let (f, t) = first_byte(
-            containerd.address(),
-            HUSK_RUNTIME,
-            &image.reference,
-            &scope.id(&format!("h{i}")),
-        )?;
-        husk_first.push(f);
-        husk_total.push(t);
-        let (f, t) = first_byte(
+        let id = scope.id(&format!("h{i}"));
+        let run = first_byte(containerd.address(), HUSK_RUNTIME, &image.reference, &id)?;
+        husk_first.push(run.first);
+        husk_total.push(run.total);
+        let log = std::fs::read_to_string(containerd.log()).context("reading containerd's log")?;
+        husk_phases.push(phases::Run {
+            spawned: run.spawned,
+            first_byte: run.first_at,
+            shim: phases::find(&log, &id)?,
+        });
+        let run = first_byte(
             containerd.address(),
             RUNC_RUNTIME,
             &image.reference,
             &scope.id(&format!("r{i}")),
         )?;
-        runc_first.push(f);
-        runc_total.push(t);
+        runc_first.push(run.first);
+        runc_total.push(run.total);
     }
     step("memory and CPU of one idle pod");
     let idle = idle_pod(&ctr, &image.reference, &scope.id("idle"))?;
     let mut r = start_up_report(bare, husk_first, husk_total, runc_first, runc_total);
+    r.push_str("### Where a husk start goes (QEMU/TCG, `ctr run`)\n\n");
+    r.push_str(&phases::table(&husk_phases));
+    r.push_str("\nMethod: the same husk runs; each pod's shim logs `pod start phases` at info level (host wall clock; the guest's kernel entry, `/init` and agent serving from guest uptimes in the agent's health-check reply). The client's phases come from ctr's spawn and first output byte. Slowest phase in bold.\n\n");
     r.push_str(&idle_report(&idle));
     Ok(r)
 }
@@ -189,22 +197,38 @@ fn idle_report(idle: &IdlePod) -> String {
         rss += r_kib;
     }
     r.push_str(&format!(
-        "| **total** | **{:.1} MiB** | {:.1} MiB |\n",
+        "| **all but guest RAM** | **{:.1} MiB** | {:.1} MiB |\n",
         pss as f64 / 1024.0,
         rss as f64 / 1024.0
     ));
+    r.push_str(&format!(
+        "| guest RAM the guest touched (of {} MiB) | {:.1} MiB | |\n",
+        idle.guest_kib / 1024,
+        idle.guest_touched_kib as f64 / 1024.0
+    ));
+    r.push_str(&format!(
+        "| **total** | **{:.1} MiB** | |\n",
+        (pss + idle.guest_touched_kib) as f64 / 1024.0
+    ));
     r.push_str(&format!("\nIdle CPU of the pod (all its host processes, averaged over {} s): **{:.0} millicores**.\n", CPU_WINDOW.as_secs(), idle.millicores));
-    r.push_str("\nMethod: `ctr run -d … sleep 1000`, wait until RUNNING plus 3 s, then sum `Pss`/`Rss` from `/proc/<pid>/smaps_rollup` of every process whose command line names the pod (shim, QEMU, its vsock backend, virtiofsd). Guest RAM is a shared memfd: QEMU's PSS counts the guest pages the guest has touched.\n");
+    r.push_str("\nMethod: `ctr run -d … sleep 1000`, wait until RUNNING plus 3 s, then sum `Pss`/`Rss` from `/proc/<pid>/smaps_rollup` of every process whose command line names the pod (shim, QEMU, its vsock backend, virtiofsd). Guest RAM is a shared memfd that QEMU and both vhost-user helpers map: it is told apart by its size in `/proc/<pid>/smaps` and counted once, as the pages resident in QEMU's mapping (under TCG every guest access goes through it); each process's row is its PSS and RSS without its guest-RAM mapping.\n");
     r
 }
 
-/// Spawns `ctr run --rm`, returns (time to first stdout byte, time to exit).
-fn first_byte(
-    address: &Path,
-    runtime: &str,
-    image: &str,
-    id: &str,
-) -> Result<(Duration, Duration)> {
+/// One `ctr run --rm`, timed by the client.
+struct CtrRun {
+    /// To the first stdout byte.
+    first: Duration,
+    /// To ctr's exit.
+    total: Duration,
+    /// Wall clock at ctr's spawn and at the first byte.
+    spawned: SystemTime,
+    first_at: SystemTime,
+}
+
+/// Spawns `ctr run --rm … echo hi` and times it.
+fn first_byte(address: &Path, runtime: &str, image: &str, id: &str) -> Result<CtrRun> {
+    let spawned = SystemTime::now();
     let start = Instant::now();
     let mut child = Command::new("ctr")
         .arg("--address")
@@ -230,6 +254,7 @@ fn first_byte(
     let mut byte = [0u8; 1];
     let n = stdout.read(&mut byte).context("reading ctr stdout")?;
     let first = start.elapsed();
+    let first_at = SystemTime::now();
     let mut rest = Vec::new();
     let _ = stdout.read_to_end(&mut rest);
     let status = child.wait().context("waiting for ctr")?;
@@ -241,7 +266,12 @@ fn first_byte(
         }
         bail!("ctr run with {runtime} failed ({status}): {err}");
     }
-    Ok((first, total))
+    Ok(CtrRun {
+        first,
+        total,
+        spawned,
+        first_at,
+    })
 }
 
 fn bare_boot(artifacts: &Artifacts) -> Result<Duration> {
@@ -255,9 +285,8 @@ fn bare_boot(artifacts: &Artifacts) -> Result<Duration> {
     );
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256M",
-        ])
+        .args(["-machine", husk_hypervisor::qemu::MACHINE])
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256M"])
         .args([
             "-nodefaults",
             "-no-user-config",
@@ -270,7 +299,7 @@ fn bare_boot(artifacts: &Artifacts) -> Result<Duration> {
             "stdio",
         ])
         .arg("-kernel")
-        .arg(artifacts.kernel())
+        .arg(artifacts.vmlinux())
         .arg("-initrd")
         .arg(artifacts.initrd())
         .args(["-append", &cmdline])
@@ -298,8 +327,11 @@ fn bare_boot(artifacts: &Artifacts) -> Result<Duration> {
 
 /// Memory and CPU of one idle pod.
 struct IdlePod {
-    /// `(process, PSS KiB, RSS KiB)` for each process of the pod.
+    /// `(process, PSS KiB, RSS KiB)` for each process of the pod, without guest RAM.
     memory: Vec<(String, u64, u64)>,
+    /// Guest RAM the guest touched (resident in the VMM's guest mapping), and its size.
+    guest_touched_kib: u64,
+    guest_kib: u64,
     /// CPU time all of them used while idle, in thousandths of a CPU.
     millicores: f64,
 }
@@ -342,20 +374,29 @@ fn idle_pod(ctr: &Ctr, image: &str, id: &str) -> Result<IdlePod> {
         let before = ticks(&pids);
         std::thread::sleep(CPU_WINDOW);
         let used = ticks(&pids).saturating_sub(before) as f64 / USER_HZ;
-        let memory = pids
+        let guest_kib = pids
             .iter()
-            .map(|(name, pid)| {
-                let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-                    .unwrap_or_default();
-                (
-                    format!("{name} (pid {pid})"),
-                    field_kib(&rollup, "Pss:"),
-                    field_kib(&rollup, "Rss:"),
-                )
-            })
-            .collect();
+            .find(|(name, _)| name == "qemu-system-x86_64")
+            .and_then(|(_, pid)| qemu_memory_kib(*pid))
+            .context("reading the guest RAM size from QEMU's command line")?;
+        let mut guest_touched_kib = 0;
+        let mut memory = Vec::new();
+        for (name, pid) in &pids {
+            let pid_u32 = u32::try_from(*pid).unwrap_or_default();
+            let m = smaps::of_process(pid_u32, guest_kib)?;
+            if name == "qemu-system-x86_64" {
+                guest_touched_kib = m.guest_rss;
+            }
+            memory.push((
+                format!("{name} (pid {pid}, {})", role(*pid)),
+                m.own_pss(),
+                m.monitor_rss(),
+            ));
+        }
         anyhow::Ok(IdlePod {
             memory,
+            guest_touched_kib,
+            guest_kib,
             millicores: used / CPU_WINDOW.as_secs_f64() * 1000.0,
         })
     })();
@@ -386,12 +427,37 @@ fn cpu_ticks(pid: i32) -> u64 {
     field(11) + field(12)
 }
 
-fn field_kib(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+fn cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// QEMU's `-m <n>M`, in KiB.
+fn qemu_memory_kib(pid: i32) -> Option<u64> {
+    let args = cmdline(pid);
+    let m = args.iter().skip_while(|a| *a != "-m").nth(1)?;
+    Some(m.trim_end_matches('M').parse::<u64>().ok()? * 1024)
+}
+
+/// What a pod process is, from its arguments.
+fn role(pid: i32) -> &'static str {
+    let args = cmdline(pid);
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    let program = args.first().map(String::as_str).unwrap_or_default();
+    if program.ends_with("qemu-system-x86_64") {
+        "VMM without guest RAM"
+    } else if has("--vsock-backend") {
+        "vsock backend"
+    } else if program.ends_with("virtiofsd") {
+        "virtio-fs"
+    } else if has("-id") {
+        "shim"
+    } else {
+        "other"
+    }
 }
 
 fn host_cpu() -> String {

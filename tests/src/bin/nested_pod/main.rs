@@ -10,7 +10,11 @@
 //! ```text
 //! nested_pod --config <husk config.toml> --backend <auto|qemu|builtin|…> \
 //!            --state-dir <dir> [--vmm <husk-vmm>] [--id <pod id>] [--net none|http|bench]
+//!            [--io]
 //! ```
+//!
+//! `--io` adds the pod's IO figures to the result ([`io`]): agent RPC round trip, stdout
+//! and virtio-fs throughput, the host's file throughput beside them.
 //!
 //! The containers' rootfs holds the machine's static `/bin/busybox`.
 //!
@@ -26,6 +30,7 @@
 //! Output: progress on stderr; on success one line on stdout,
 //! `RESULT backend=<vmm name> boot_to_agent_ms=… …` (see [`report::Report`]).
 
+mod io;
 mod net;
 mod pod;
 mod report;
@@ -44,6 +49,8 @@ struct Args {
     vmm: Option<String>,
     id: String,
     net: NetMode,
+    /// Measure IO too ([`io`]).
+    io: bool,
 }
 
 /// What the pod's network is for.
@@ -64,6 +71,7 @@ fn parse_args() -> Result<Args> {
     let mut net = NetMode::None;
     let mut vmm = None;
     let mut id = String::from("nested-pod");
+    let mut io = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -81,6 +89,7 @@ fn parse_args() -> Result<Args> {
             }
             "--vmm" => vmm = Some(value()?),
             "--id" => id = value()?,
+            "--io" => io = true,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -91,6 +100,7 @@ fn parse_args() -> Result<Args> {
         vmm,
         id,
         net,
+        io,
     })
 }
 

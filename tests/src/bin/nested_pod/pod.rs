@@ -17,6 +17,7 @@ use husk_shim::container_files::RootfsSource;
 use husk_shim::network::PodNetwork;
 use husk_shim::pod_dir::PodDir;
 use husk_shim::sizing::pod_size;
+use husk_shim::start_phases::{Mark, StartTimeline};
 use husk_tests::nested::smaps::{self, Memory};
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxNamespaceType, Process, ProcessBuilder, RootBuilder,
@@ -93,6 +94,8 @@ pub struct Pod {
     pub agent_ready: Duration,
     /// The guest's uptime when the agent started, as the agent reports it.
     pub guest_uptime_at_agent_ms: u64,
+    /// The boot's phases, as the shim logs them.
+    pub timeline: StartTimeline,
     log: Logger,
 }
 
@@ -118,6 +121,8 @@ impl Pod {
             None => None,
         };
         let started = Instant::now();
+        let mut timeline = StartTimeline::default();
+        timeline.mark(Mark::LaunchBegun);
         let host_cpus = std::thread::available_parallelism()
             .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
         let size = pod_size(&HashMap::new(), &b.config.hypervisor, host_cpus);
@@ -141,6 +146,7 @@ impl Pod {
             }
         };
         let launch = started.elapsed();
+        timeline.launched(vm.launch_times());
         let connected = async {
             let deadline = Instant::now() + b.config.connect_timeout();
             let (agent, check) = AgentClient::connect(
@@ -152,6 +158,7 @@ impl Pod {
             .await
             .context("waiting for the guest agent")?;
             let agent_ready = started.elapsed();
+            timeline.agent_connected(&check, std::time::SystemTime::now());
             let interfaces = network
                 .iter()
                 .flat_map(PodNetwork::interfaces)
@@ -160,6 +167,7 @@ impl Pod {
             husk_shim::pod::set_up_guest(&agent, id, HOSTNAME, &size, interfaces)
                 .await
                 .context("setting up the guest (CreateSandbox, ConfigureNetwork)")?;
+            timeline.mark(Mark::SandboxCreated);
             anyhow::Ok((agent, check, agent_ready))
         }
         .await;
@@ -175,6 +183,7 @@ impl Pod {
                     launch,
                     agent_ready,
                     guest_uptime_at_agent_ms: check.boot_to_agent_ms,
+                    timeline,
                     log: b.log.clone(),
                 })
             }
@@ -201,6 +210,49 @@ impl Pod {
         Ok((vmm, helpers))
     }
 
+    /// The pod's agent.
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+
+    /// The host directory that is container `cid`'s rootfs.
+    pub fn rootfs_path(&self, cid: &str) -> std::path::PathBuf {
+        self.dir.root().join(format!("image-{cid}"))
+    }
+
+    /// Runs container `cid` to its end within `within`; its exit status and how many
+    /// bytes it wrote to stdout (read as they come, not kept).
+    pub async fn run_container_counting(
+        &self,
+        cid: &str,
+        argv: &[&str],
+        within: Duration,
+    ) -> Result<(i32, u64)> {
+        let stream = self.create(cid, argv, true).await?;
+        let counted = timeout(within, async {
+            let mut bytes = 0u64;
+            if let Some(mut s) = stream {
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = s.read(&mut buf).await.context("reading stdout")?;
+                    if n == 0 {
+                        break;
+                    }
+                    bytes += n as u64;
+                }
+            }
+            let status = self.agent.wait_process(cid, "").await?.status;
+            anyhow::Ok((status, bytes))
+        })
+        .await
+        .with_context(|| format!("{cid} did not finish within {within:?}"));
+        self.agent
+            .remove_container(cid)
+            .await
+            .context("RemoveContainer")?;
+        counted?
+    }
+
     /// What the monitor said, for error messages.
     pub fn diagnostics(&self) -> String {
         self.vm.diagnostics()
@@ -215,7 +267,7 @@ impl Pod {
         stdout: bool,
     ) -> Result<Option<tokio::net::UnixStream>> {
         // Like a bundle's root.path: a directory the shim's own code bind-mounts into the share.
-        let image = self.dir.root().join(format!("image-{cid}"));
+        let image = self.rootfs_path(cid);
         let bin = image.join("bin");
         std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
         std::fs::copy("/bin/busybox", bin.join("busybox"))

@@ -32,7 +32,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         ns.as_ref().map(PlainNs::path).as_deref(),
     )
     .await?;
-    let result = drive(&b, &pod, ns.as_ref()).await;
+    let result = drive(&b, &pod, ns.as_ref(), args.io).await;
     let diagnostics = pod.diagnostics();
     let stopped = pod.shutdown().await;
     let mut report =
@@ -53,7 +53,7 @@ pub async fn run(args: &Args) -> Result<Report> {
 }
 
 /// Everything between boot and teardown.
-async fn drive(b: &Backend, pod: &Pod, ns: Option<&PlainNs>) -> Result<Report> {
+async fn drive(b: &Backend, pod: &Pod, ns: Option<&PlainNs>, io: bool) -> Result<Report> {
     let guest_kib = u64::from(b.config.hypervisor.memory_mib) * 1024;
     let (vmm, helpers) = pod.memory(guest_kib)?;
     let (exit_status, output) = pod
@@ -65,7 +65,15 @@ async fn drive(b: &Backend, pod: &Pod, ns: Option<&PlainNs>) -> Result<Report> {
             "the container printed {output:?} (exit status {exit_status}), expected {GREETING:?}"
         );
     }
-    let mut extra = Vec::new();
+    let mut extra: Vec<String> = pod
+        .timeline
+        .phases()
+        .iter()
+        .map(|(name, d)| format!("phase_{name}_ms={}", d.as_millis()))
+        .collect();
+    if io {
+        extra.extend(crate::io::bench(pod).await.context("measuring IO")?);
+    }
     if ns.is_some() {
         let took = net::serve_http(pod)
             .await
