@@ -124,6 +124,26 @@ pub fn snapshot() -> Vec<ProcInfo> {
         .collect()
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ).
+pub const USER_HZ: f64 = 100.0;
+
+/// utime + stime of a process, in clock ticks (0 once it is gone).
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

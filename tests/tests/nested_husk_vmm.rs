@@ -26,7 +26,7 @@ const ROUNDS: usize = 3;
 fn husk_vmm_runs_a_pod_inside_the_nested_host() -> Result<()> {
     let artifacts = Artifacts::from_env_unchecked()?;
     let scope = TestScope::new("nested-vmm")?;
-    let run = compare::run(&artifacts, scope.dir(), Path::new(DRIVER), ROUNDS)?;
+    let run = compare::run(&artifacts, scope.dir(), Path::new(DRIVER), ROUNDS, false)?;
     eprintln!("{}", run.outer.stdout_text().trim_end());
     eprintln!(
         "outer boot {:?}, whole outer run {:?}",

@@ -32,6 +32,16 @@ pub const METRICS: [&str; 14] = [
     "vmm_pss_anon_kib",
 ];
 
+/// The IO figures `nested_pod --io` adds (in the last round, when asked for).
+pub const IO_METRICS: [&str; 6] = [
+    "rpc_rtt_us",
+    "stdout_mib_s",
+    "fs_write_mib_s",
+    "fs_read_mib_s",
+    "host_write_mib_s",
+    "host_read_mib_s",
+];
+
 /// husk-vmm's log lines for its syscall filter and for a VM the guest itself reset.
 pub(crate) const SECCOMP_LINE: &str = "syscall filters installed";
 pub(crate) const CLEAN_STOP_LINE: &str = "VM stopped, status: 0, reason: guest reset the machine";
@@ -44,9 +54,11 @@ set -u
 for round in $(seq 1 "$ROUNDS"); do
     for backend in qemu builtin; do
         echo "== round $round, backend $backend" >&2
+        io=""
+        if [ "$round" = "$ROUNDS" ] && [ "$IO" = 1 ]; then io="--io"; fi
         "$NESTED_POD" --config "$HUSK_NESTED_SCRATCH/config.toml" --backend "$backend" \
             --vmm "$VMM" --state-dir /run/husk-nested \
-            --id "pod-$backend-$round" || echo "FAILED backend=$backend exit=$?"
+            --id "pod-$backend-$round" $io || echo "FAILED backend=$backend exit=$?"
     done
 done
 "#;
@@ -103,16 +115,19 @@ pub struct Comparison {
 }
 
 /// Runs `rounds` pods per backend with the `nested_pod` driver at `driver`; `scratch` is the
-/// caller's scratch directory. Fails unless every pod of both backends ran its container.
+/// caller's scratch directory; with `io`, each backend's last pod also measures IO
+/// ([`IO_METRICS`]). Fails unless every pod of both backends ran its container.
 pub fn run(
     artifacts: &Artifacts,
     scratch: &Path,
     driver: &Path,
     rounds: usize,
+    io: bool,
 ) -> Result<Comparison, CompareError> {
     let vmm = artifacts.dir().join(VMM_BINARY);
     let outer = driver_host(artifacts, scratch, driver)?
         .env("ROUNDS", &rounds.to_string())
+        .env("IO", if io { "1" } else { "0" })
         .run(SCRIPT, RUN_TIMEOUT)?;
     let stdout = outer.stdout_text();
     let qemu = results(&stdout, "qemu");
@@ -177,7 +192,10 @@ impl Comparison {
             "| metric (median of {} pods each) | QEMU/KVM | husk-vmm |\n|---|---|---|\n",
             self.rounds
         );
-        for key in METRICS {
+        let measured_io = IO_METRICS
+            .iter()
+            .filter(|k| self.qemu.iter().any(|l| value(l, k).is_some()));
+        for key in METRICS.iter().chain(measured_io) {
             let _ = writeln!(
                 t,
                 "| {key} | {} | {} |",
@@ -236,7 +254,7 @@ fn write_config(artifacts: &Artifacts, path: &Path) -> std::io::Result<()> {
 }
 
 /// The value of `key=` in a `RESULT` line.
-pub(crate) fn value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub fn value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&format!(" {key}="))? + key.len() + 2;
     line[start..].split_whitespace().next()
 }

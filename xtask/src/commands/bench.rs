@@ -8,8 +8,11 @@
 //!   virtiofsd;
 //! - the pod network's TCP throughput and ping RTT next to two plain namespaces (CRI);
 //! - a pod's start through CRI with a pause container and with husk's Sandbox API;
+//! - density (idle pods until a count or memory bound) and ten pods started at once;
+//! - IO: stdout throughput (husk, runc), agent RPC round trip, virtio-fs throughput;
 //! - husk's built-in monitor next to QEMU/KVM, both under nested KVM.
 
+mod io;
 mod nested;
 mod network;
 mod phases;
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use husk_tests::nested::smaps;
-use husk_tests::procfs::snapshot;
+use husk_tests::procfs::{USER_HZ, cpu_ticks, snapshot};
 use husk_tests::{
     Artifacts, BusyboxImage, Containerd, Ctr, HUSK_RUNTIME, LeakScope, RUNC_RUNTIME, TestScope,
 };
@@ -37,6 +40,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 const AGENT_MARKER: &str = "agent starting";
 /// Twelve pods under TCG, two containerd starts.
 const POD_START_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Up to 100 idle pods under TCG, started and removed one by one, plus ten at once.
+const DENSITY_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 /// How long an idle pod settles before its memory is read.
 const SETTLE: Duration = Duration::from_secs(3);
 
@@ -63,6 +68,14 @@ pub fn run(ws: &Workspace) -> Result<()> {
         &artifacts,
         "pod_start_bench",
         POD_START_TIMEOUT,
+    )?);
+    report.push('\n');
+    step("density: idle pods until 100 or the memory reserve; 10 pods started at once (CRI)");
+    report.push_str(&network::run_driver(
+        ws,
+        &artifacts,
+        "density_bench",
+        DENSITY_TIMEOUT,
     )?);
     report.push('\n');
     report.push_str(&nested::section(ws, &artifacts)?);
@@ -137,11 +150,19 @@ fn measure(
     }
     step("memory and CPU of one idle pod");
     let idle = idle_pod(&ctr, &image.reference, &scope.id("idle"))?;
+    step(
+        "IO: stdout through ctr (husk, runc); agent RPC, stdout stream, virtio-fs (nested_pod --io)",
+    );
+    let ctr_io = io::ctr_stdout(containerd.address(), &image.reference, scope)?;
+    let agent_io = io::agent_level(ws, artifacts, scope)?;
     let mut r = start_up_report(bare, husk_first, husk_total, runc_first, runc_total);
     r.push_str("### Where a husk start goes (QEMU/TCG, `ctr run`)\n\n");
     r.push_str(&phases::table(&husk_phases));
     r.push_str("\nMethod: the same husk runs; each pod's shim logs `pod start phases` at info level (host wall clock; the guest's kernel entry, `/init` and agent serving from guest uptimes in the agent's health-check reply). The client's phases come from ctr's spawn and first output byte. Slowest phase in bold.\n\n");
     r.push_str(&idle_report(&idle));
+    r.push_str("\n## IO (QEMU/TCG)\n\n");
+    r.push_str(&io::table(&ctr_io, &agent_io));
+    r.push_str("\nMethod: stdout: `ctr run --rm … sh -c 'dd if=/dev/zero bs=1M count=64'`, timed from the first byte on ctr's stdout to its end, 3 runs per runtime, alternating. The rest: the `nested_pod` driver (`--io`) boots one pod through the shim's own code on this host and measures 200 `Check` round trips, a container's 64 MiB stdout stream read by the host, a 64 MiB `dd … conv=fsync` into the container's virtio-fs rootfs and a `dd` read of a 64 MiB file the host put there (each timed on the host, minus an exec of `true`), and the same write and read on the host in the rootfs directory.\n");
     Ok(r)
 }
 
@@ -336,8 +357,6 @@ struct IdlePod {
     millicores: f64,
 }
 
-/// Clock ticks per second of /proc/<pid>/stat times (USER_HZ).
-const USER_HZ: f64 = 100.0;
 /// How long idle CPU use is averaged over.
 const CPU_WINDOW: Duration = Duration::from_secs(10);
 
@@ -408,23 +427,6 @@ fn idle_pod(ctr: &Ctr, image: &str, id: &str) -> Result<IdlePod> {
         bail!("found no processes of the idle pod {id}");
     }
     Ok(pod)
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: i32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
 }
 
 fn cmdline(pid: i32) -> Vec<String> {

@@ -83,6 +83,9 @@ impl Backend {
 /// A running pod VM whose agent answered.
 pub struct Pod {
     dir: PodDir,
+    /// The containers' rootfs directories, on the state directory's filesystem (like
+    /// bundles, not on the pod directory's small tmpfs).
+    images: std::path::PathBuf,
     vm: Box<dyn VmHandle>,
     agent: AgentClient,
     network: Option<PodNetwork>,
@@ -175,6 +178,7 @@ impl Pod {
             Ok((agent, check, agent_ready)) => {
                 slog::info!(b.log, "agent ready"; "after_ms" => agent_ready.as_millis());
                 Ok(Self {
+                    images: images_dir(state_dir, id),
                     dir,
                     vm,
                     agent,
@@ -217,7 +221,7 @@ impl Pod {
 
     /// The host directory that is container `cid`'s rootfs.
     pub fn rootfs_path(&self, cid: &str) -> std::path::PathBuf {
-        self.dir.root().join(format!("image-{cid}"))
+        self.images.join(cid)
     }
 
     /// Runs container `cid` to its end within `within`; its exit status and how many
@@ -386,8 +390,22 @@ impl Pod {
         if let Some(n) = self.network {
             n.detach().await;
         }
-        self.dir.destroy().context("removing the pod directory")
+        self.dir.destroy().context("removing the pod directory")?;
+        match std::fs::remove_dir_all(&self.images) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).context("removing the containers' rootfs directories")
+            }
+            _ => Ok(()),
+        }
     }
+}
+
+/// Where pod `id`'s container images go: beside `state_dir`, whose pods mount small
+/// tmpfs over it.
+fn images_dir(state_dir: &Path, id: &str) -> std::path::PathBuf {
+    let mut name = state_dir.file_name().unwrap_or_default().to_owned();
+    name.push(".images");
+    state_dir.with_file_name(name).join(id)
 }
 
 /// Undoes a boot that failed before the pod existed (the VM, if any, is stopped already).

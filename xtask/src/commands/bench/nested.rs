@@ -27,7 +27,7 @@ pub fn section(ws: &Workspace, artifacts: &Artifacts) -> Result<String> {
     let driver = ws.target_dir.join("debug").join(DRIVER);
     let mut scope =
         TestScope::new("bench-nested").context("creating the nested bench directory")?;
-    let run = compare::run(artifacts, scope.dir(), &driver, ROUNDS);
+    let run = compare::run(artifacts, scope.dir(), &driver, ROUNDS, true);
     scope.cleanup()?;
     let run = run?;
     step("nested KVM: the pod network with husk-vmm and QEMU/KVM");
@@ -46,7 +46,11 @@ pub fn section(ws: &Workspace, artifacts: &Artifacts) -> Result<String> {
          check; `guest_uptime_at_agent_ms`: the guest's own clock at that moment; \
          `vmm_rss_excl_guest_kib`: the monitor's RSS minus its guest-RAM mapping (from smaps); \
          `boot_timer_init_ms`: VM creation until the agent's marker, as husk-vmm's boot-timer \
-         device logs it. Outer boot {:?}, whole outer run {:?}. Nested KVM on TCG is \
+         device logs it; `phase_*_ms`: the start phases the shim logs (`pod start phases`: \
+         helpers, VMM spawn, firmware = VMM spawned to the guest clock's start, kernel = to \
+         `/init`, init = to the agent serving, connect = until the host has its reply). The \
+         IO rows come from each backend's last pod (`nested_pod --io`, as in the IO section \
+         above). Outer boot {:?}, whole outer run {:?}. Nested KVM on TCG is \
          slow: compare the columns, not the absolute numbers, with bare-metal figures.\n\n\
          ### Pod network under nested KVM\n\n{}\n\
          Method: in one outer VM, the `nested_pod` driver (`--net bench`) sets up what CNI's \

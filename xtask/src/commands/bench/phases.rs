@@ -149,7 +149,10 @@ mod tests {
     fn parses_the_shim_line_of_the_right_pod() {
         let log = format!("noise\n{}\n{LINE}\n", LINE.replace("p1", "p2"));
         let p = find(&log, "p1").unwrap();
-        assert!(find(&log, "p").is_err(), "a prefix of the id is another pod");
+        assert!(
+            find(&log, "p").is_err(),
+            "a prefix of the id is another pod"
+        );
         assert_eq!(p.phases[0], ("shim".to_owned(), 31));
         assert_eq!(p.phases.len(), 5);
         assert_eq!(p.total_ms, 1500);
