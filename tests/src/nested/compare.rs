@@ -269,12 +269,12 @@ pub(crate) fn results(stdout: &str, backend: &str) -> Vec<String> {
 }
 
 fn median(lines: &[String], key: &str) -> String {
-    median_of(
-        lines
-            .iter()
-            .filter_map(|l| value(l, key)?.parse().ok())
-            .collect(),
-    )
+    let mut v: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| value(l, key)?.parse().ok())
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).map_or("?".into(), |m| format!("{m}"))
 }
 
 fn median_of(mut v: Vec<u64>) -> String {

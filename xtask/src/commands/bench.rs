@@ -12,6 +12,7 @@
 //! - IO: stdout throughput (husk, runc), agent RPC round trip, virtio-fs throughput;
 //! - husk's built-in monitor next to QEMU/KVM, both under nested KVM.
 
+mod goals;
 mod io;
 mod nested;
 mod network;
@@ -79,6 +80,10 @@ pub fn run(ws: &Workspace) -> Result<()> {
     )?);
     report.push('\n');
     report.push_str(&nested::section(ws, &artifacts)?);
+    let goals = goals::section(&report);
+    if let Some(at) = report.find("## Start-up") {
+        report.insert_str(at, &format!("{goals}\n"));
+    }
     let path = ws.root.join("BENCHMARKS.md");
     std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
     println!("{report}");
