@@ -252,11 +252,16 @@ struct CtrRun {
     first_at: SystemTime,
 }
 
-/// Spawns `ctr run --rm … echo hi` and times it.
-fn first_byte(address: &Path, runtime: &str, image: &str, id: &str) -> Result<CtrRun> {
-    let spawned = SystemTime::now();
-    let start = Instant::now();
-    let mut child = Command::new("ctr")
+/// Spawns `ctr run --rm --runtime <runtime> <image> <id> <argv>…` with stdout and stderr
+/// piped.
+fn spawn_ctr_run(
+    address: &Path,
+    runtime: &str,
+    image: &str,
+    id: &str,
+    argv: &[&str],
+) -> Result<std::process::Child> {
+    Command::new("ctr")
         .arg("--address")
         .arg(address)
         .args([
@@ -268,14 +273,20 @@ fn first_byte(address: &Path, runtime: &str, image: &str, id: &str) -> Result<Ct
             runtime,
             image,
             id,
-            "echo",
-            "hi",
         ])
+        .args(argv)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("spawning ctr")?;
+        .context("spawning ctr")
+}
+
+/// Spawns `ctr run --rm … echo hi` and times it.
+fn first_byte(address: &Path, runtime: &str, image: &str, id: &str) -> Result<CtrRun> {
+    let spawned = SystemTime::now();
+    let start = Instant::now();
+    let mut child = spawn_ctr_run(address, runtime, image, id, &["echo", "hi"])?;
     let mut stdout = child.stdout.take().context("ctr stdout")?;
     let mut byte = [0u8; 1];
     let n = stdout.read(&mut byte).context("reading ctr stdout")?;

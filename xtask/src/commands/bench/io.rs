@@ -4,14 +4,12 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use husk_tests::nested::compare::{IO_METRICS, value};
 use husk_tests::{Artifacts, Cmd, HUSK_RUNTIME, RUNC_RUNTIME, TestScope};
 
-use super::NAMESPACE;
 use crate::workspace::Workspace;
 
 /// What the stdout container writes.
@@ -51,25 +49,7 @@ pub fn ctr_stdout(
 /// One `ctr run --rm … dd`: MiB/s from the first byte on ctr's stdout to its end.
 fn stdout_run(address: &Path, runtime: &str, image: &str, id: &str) -> Result<f64> {
     let dd = format!("dd if=/dev/zero bs=1048576 count={STDOUT_MIB} 2>/dev/null");
-    let mut child = Command::new("ctr")
-        .arg("--address")
-        .arg(address)
-        .args([
-            "-n",
-            NAMESPACE,
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            image,
-            id,
-        ])
-        .args(["sh", "-c", &dd])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("spawning ctr")?;
+    let mut child = super::spawn_ctr_run(address, runtime, image, id, &["sh", "-c", &dd])?;
     let mut stdout = child.stdout.take().context("ctr stdout")?;
     let mut buf = vec![0u8; 1 << 16];
     let mut bytes = stdout.read(&mut buf)? as u64;
