@@ -98,27 +98,32 @@ impl StartTimeline {
         }
     }
 
-    /// The agent's `Check` reply, which arrived at `arrived`: places the guest's marks.
+    /// The agent's `Check` reply, which arrived at `arrived`: places the guest's marks. The
+    /// uptimes are the guest's word: a mark it would put before the pod was requested or
+    /// after the reply is left out.
     pub fn agent_connected(&mut self, check: &CheckResponse, arrived: SystemTime) {
+        let earliest = self.marks.first().map(|(_, t)| *t);
         self.mark_at(Mark::AgentConnected, arrived);
         if check.uptime_us == 0 {
             return; // an agent that does not say
         }
-        let Some(entry) = arrived.checked_sub(Duration::from_micros(check.uptime_us)) else {
+        let Some(entry) = arrived
+            .checked_sub(Duration::from_micros(check.uptime_us))
+            .filter(|e| earliest.is_none_or(|first| *e >= first))
+        else {
             return;
         };
         self.mark_at(Mark::KernelEntry, entry);
+        let after_entry = |d: Duration| entry.checked_add(d).filter(|t| *t <= arrived);
         if check.init_uptime_us > 0 {
-            self.mark_at(
-                Mark::Init,
-                entry + Duration::from_micros(check.init_uptime_us),
-            );
+            if let Some(t) = after_entry(Duration::from_micros(check.init_uptime_us)) {
+                self.mark_at(Mark::Init, t);
+            }
         }
         if check.boot_to_agent_ms > 0 {
-            self.mark_at(
-                Mark::AgentServing,
-                entry + Duration::from_millis(check.boot_to_agent_ms),
-            );
+            if let Some(t) = after_entry(Duration::from_millis(check.boot_to_agent_ms)) {
+                self.mark_at(Mark::AgentServing, t);
+            }
         }
     }
 
@@ -229,6 +234,25 @@ mod tests {
         let names: Vec<&str> = t.phases().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["connect", "process_start"]);
         assert!(!t.has(Mark::KernelEntry));
+    }
+
+    #[test]
+    fn hostile_uptimes_neither_panic_nor_place_marks_outside_the_start() {
+        let mut t = StartTimeline::default();
+        t.mark_at(Mark::Requested, at(0));
+        let check = |uptime_us, init_uptime_us, boot_to_agent_ms| CheckResponse {
+            uptime_us,
+            init_uptime_us,
+            boot_to_agent_ms,
+            ..Default::default()
+        };
+        // A kernel that started before the pod was asked for.
+        t.agent_connected(&check(u64::MAX, u64::MAX, u64::MAX), at(1000));
+        assert!(t.has(Mark::AgentConnected) && !t.has(Mark::KernelEntry));
+        // Marks after the reply itself.
+        t.agent_connected(&check(500_000, u64::MAX, u64::MAX), at(1000));
+        assert!(t.has(Mark::KernelEntry));
+        assert!(!t.has(Mark::Init) && !t.has(Mark::AgentServing));
     }
 
     #[test]

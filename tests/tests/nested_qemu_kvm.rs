@@ -21,10 +21,10 @@ A="$HUSK_ARTIFACTS"
 for i in $(seq 1 "$BOOTS"); do
     log="/tmp/inner-$i.log"
     start=$(date +%s%N)
-    qemu-system-x86_64 -M q35 -accel kvm -cpu host -smp 1 -m 256 \
+    qemu-system-x86_64 -M microvm,acpi=off -accel kvm -cpu host -smp 1 -m 256 \
         -nodefaults -no-user-config -no-reboot -display none -monitor none -serial stdio \
-        -kernel "$A/vmlinuz" -initrd "$A/initrd.img" \
-        -append "console=ttyS0 quiet panic=-1 reboot=t pci=lastbus=0" > "$log" 2>&1 &
+        -kernel "$A/vmlinux" -initrd "$A/initrd.img" \
+        -append "console=ttyS0 quiet panic=-1 reboot=t pci=off" > "$log" 2>&1 &
     pid=$!
     found=
     deadline=$(( $(date +%s) + 60 ))
@@ -47,7 +47,7 @@ done
 #[test]
 fn qemu_with_kvm_boots_the_guest_inside_the_nested_host() -> Result<()> {
     let artifacts = Artifacts::from_env_unchecked()?;
-    for f in [artifacts.kernel(), artifacts.initrd()] {
+    for f in [artifacts.vmlinux(), artifacts.initrd()] {
         ensure!(
             f.is_file(),
             "{} is missing: run `cargo xtask build`",
