@@ -24,7 +24,7 @@ use slog::{Logger, info};
 use tokio::process::Command;
 
 use crate::vm_processes::VmProcesses;
-pub use args::{Accel, FALLBACK_TSC_KHZ, MACHINE, QemuPaths, kernel_cmdline, qemu_args};
+pub use args::{Accel, FALLBACK_TSC_KHZ, MACHINE, QemuPaths, TCG_ACCEL, kernel_cmdline, qemu_args};
 
 use crate::binaries::{self, Search};
 use crate::child::{Stdout, Supervised};

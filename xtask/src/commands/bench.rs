@@ -323,7 +323,8 @@ fn bare_boot(artifacts: &Artifacts) -> Result<Duration> {
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-machine", husk_hypervisor::qemu::MACHINE])
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256M"])
+        .args(["-accel", husk_hypervisor::qemu::TCG_ACCEL])
+        .args(["-cpu", "max", "-smp", "1", "-m", "256M"])
         .args([
             "-nodefaults",
             "-no-user-config",
