@@ -72,12 +72,7 @@ fn stdout_run(address: &Path, runtime: &str, image: &str, id: &str) -> Result<f6
 /// `nested_pod --io` with QEMU/TCG on this host, in a private mount namespace (its pod
 /// directory's tmpfs goes with it): the `RESULT` line.
 pub fn agent_level(ws: &Workspace, artifacts: &Artifacts, scope: &TestScope) -> Result<String> {
-    ws.cargo()
-        .args(["build", "-p", "husk-tests", "--bin", DRIVER])
-        .timeout(DRIVER_TIMEOUT)
-        .run_inherit()
-        .context("building the nested_pod driver")?;
-    let driver = ws.target_dir.join("debug").join(DRIVER);
+    let driver = super::network::build_driver(ws, DRIVER)?;
     let state = scope.dir().join("io-state");
     let out = Cmd::new("unshare")
         .args(["--mount", "--propagation", "private"])

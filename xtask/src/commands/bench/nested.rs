@@ -1,8 +1,6 @@
 //! The built-in monitor next to QEMU/KVM under nested KVM (`husk_tests::nested::compare`):
 //! this host has no usable KVM, so both run inside an outer QEMU/TCG VM with `-cpu max`.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 use husk_tests::nested::{compare, network};
 use husk_tests::{Artifacts, TestScope};
@@ -12,19 +10,12 @@ use crate::workspace::Workspace;
 
 /// Pods per backend.
 const ROUNDS: usize = 5;
-/// A cold build of the driver (the test crate and its dependencies) takes minutes.
-const DRIVER_BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DRIVER: &str = "nested_pod";
 
 /// The Markdown section for BENCHMARKS.md.
 pub fn section(ws: &Workspace, artifacts: &Artifacts) -> Result<String> {
     step("nested KVM: husk-vmm next to QEMU/KVM in one outer VM");
-    ws.cargo()
-        .args(["build", "-p", "husk-tests", "--bin", DRIVER])
-        .timeout(DRIVER_BUILD_TIMEOUT)
-        .run_inherit()
-        .context("building the nested_pod driver")?;
-    let driver = ws.target_dir.join("debug").join(DRIVER);
+    let driver = super::network::build_driver(ws, DRIVER)?;
     let mut scope =
         TestScope::new("bench-nested").context("creating the nested bench directory")?;
     let run = compare::run(artifacts, scope.dir(), &driver, ROUNDS, true);

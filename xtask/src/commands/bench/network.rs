@@ -22,6 +22,16 @@ pub fn section(ws: &Workspace, artifacts: &Artifacts) -> Result<String> {
     run_driver(ws, artifacts, DRIVER, RUN_TIMEOUT)
 }
 
+/// Builds the test crate's driver binary `name`; its path.
+pub fn build_driver(ws: &Workspace, name: &str) -> Result<std::path::PathBuf> {
+    ws.cargo()
+        .args(["build", "-p", "husk-tests", "--bin", name])
+        .timeout(DRIVER_BUILD_TIMEOUT)
+        .run_inherit()
+        .with_context(|| format!("building the {name} driver"))?;
+    Ok(ws.target_dir.join("debug").join(name))
+}
+
 /// Builds the test crate's bench driver `name` and runs it against `artifacts`; its
 /// stdout (a Markdown section).
 pub fn run_driver(
@@ -30,12 +40,7 @@ pub fn run_driver(
     name: &str,
     timeout: Duration,
 ) -> Result<String> {
-    ws.cargo()
-        .args(["build", "-p", "husk-tests", "--bin", name])
-        .timeout(DRIVER_BUILD_TIMEOUT)
-        .run_inherit()
-        .with_context(|| format!("building the {name} driver"))?;
-    let driver = ws.target_dir.join("debug").join(name);
+    let driver = build_driver(ws, name)?;
     let out = Cmd::new(&driver)
         .env(ARTIFACTS_ENV, artifacts.dir())
         .timeout(timeout)
