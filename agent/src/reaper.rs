@@ -136,22 +136,31 @@ impl ExitRegistry {
         exit: &ExitReceiver,
         signal: c_int,
     ) -> Result<bool, ReaperError> {
+        let sent = self.if_running(exit, || {
+            // SAFETY: kill has no memory-safety preconditions; pid > 0 targets one process.
+            match unsafe { libc::kill(pid, signal) } {
+                0 => Ok(true),
+                _ => match Errno::last() {
+                    Errno::ESRCH => Ok(false),
+                    source => Err(ReaperError::Kill {
+                        pid,
+                        signal,
+                        source,
+                    }),
+                },
+            }
+        });
+        sent.unwrap_or(Ok(false))
+    }
+
+    /// Runs `act` on the process `exit` watches unless it has already exited (then `None`):
+    /// its pid cannot be reaped, and so not reused, while `act` runs.
+    pub fn if_running<R>(&self, exit: &ExitReceiver, act: impl FnOnce() -> R) -> Option<R> {
         let _table = self.lock();
         if exit.borrow().is_some() {
-            return Ok(false);
+            return None;
         }
-        // SAFETY: kill has no memory-safety preconditions; pid > 0 targets one process.
-        match unsafe { libc::kill(pid, signal) } {
-            0 => Ok(true),
-            _ => match Errno::last() {
-                Errno::ESRCH => Ok(false),
-                source => Err(ReaperError::Kill {
-                    pid,
-                    signal,
-                    source,
-                }),
-            },
-        }
+        Some(act())
     }
 }
 
@@ -317,5 +326,16 @@ mod tests {
         // pid_max is at most 2^22, so this pid cannot exist.
         let rx = registry.register(i32::MAX - 2);
         assert!(!registry.signal_if_running(i32::MAX - 2, &rx, 0).unwrap());
+    }
+
+    #[test]
+    fn acting_on_a_process_happens_only_while_it_runs() {
+        let registry = ExitRegistry::default();
+        let rx = registry.register(i32::MAX - 3);
+        assert_eq!(registry.if_running(&rx, || 7), Some(7));
+        registry.record_exit(i32::MAX - 3, 0);
+        let mut acted = false;
+        assert_eq!(registry.if_running(&rx, || acted = true), None);
+        assert!(!acted);
     }
 }

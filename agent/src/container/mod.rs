@@ -178,6 +178,11 @@ impl Containers {
         slot.clone()
     }
 
+    /// Starts a helper ahead of the pod's first container (see `helper::launch`).
+    pub fn prepare_helper(&self) {
+        self.launcher.prepare_spare();
+    }
+
     /// Ids of the containers that are fully created.
     pub fn ids(&self) -> Vec<String> {
         self.slots()

@@ -14,14 +14,12 @@ use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{setsockopt, sockopt};
-use nix::sys::time::TimeVal;
 
 use super::executor::HuskExecutor;
 use super::message;
 use super::{FailureKind, HELPER_FD, HelperError, HelperReply, HelperRequest, Operation};
 
-/// How long the helper waits for the agent's request, and for libcontainer's pty master.
+/// How long the helper waits for libcontainer's pty master.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one request on fd 3, then returns (the caller exits).
@@ -34,7 +32,7 @@ pub fn run() -> Result<(), HelperError> {
         .map_err(HelperError::Recv)?
         .ok_or(HelperError::NoReply)?;
     let request: HelperRequest = message::decode(&bytes)?;
-    let (reply, master) = match execute(&request, fds) {
+    let (reply, master) = match leave_idle_priority().and_then(|()| execute(&request, fds)) {
         Ok((pid, master)) => (HelperReply::Started { pid }, master),
         Err(Failure { kind, message }) => (HelperReply::Failed { kind, message }, None),
     };
@@ -54,12 +52,23 @@ fn prepare_process(sock: &OwnedFd) -> Result<(), HelperError> {
     // container processes start with it.
     // SAFETY: installs the default disposition; no handler code is involved.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    setsockopt(sock, sockopt::ReceiveTimeout, &timeval(IO_TIMEOUT)).map_err(setup)?;
+    // No receive timeout: a spare waits for its request for as long as the agent keeps it,
+    // and the agent closing its end (EOF) ends the wait.
     Ok(())
 }
 
-fn timeval(d: Duration) -> TimeVal {
-    TimeVal::new(i64::try_from(d.as_secs()).unwrap_or(i64::MAX), 0)
+/// A spare helper was started under `SCHED_IDLE`; the container processes it creates must
+/// be scheduled like everything else.
+fn leave_idle_priority() -> Result<(), Failure> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscall on the calling process with a valid parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Failure::internal(format!(
+            "leaving the spare helper's idle priority: {e}"
+        )));
+    }
+    Ok(())
 }
 
 struct Failure {

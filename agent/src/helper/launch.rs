@@ -1,29 +1,32 @@
-//! The agent's side of the helper: spawn, send the request, await the reply.
+//! The agent's side of the helper: take the spare or spawn one, send the request, await the
+//! reply.
+//!
+//! **The spare.** Starting a helper (exec of the agent binary, its runtime's start-up) took
+//! 40–80 ms of a container create's 250 ms under TCG, on the critical path of every pod
+//! start. So the launcher keeps one helper started ahead of need, at idle priority, blocked
+//! on its request: a create or exec hands the request to it, and a replacement is started
+//! once that request is done. The spare costs one sleeping process whose text is the
+//! agent binary's own pages.
 
-use std::ffi::{CStr, CString, c_char, c_short};
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::ptr;
-use std::sync::Arc;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use slog::{Logger, debug, warn};
 use tokio::io::unix::AsyncFd;
 
 use super::message;
-use super::{HELPER_ARG, HELPER_FD, HelperError, HelperReply, HelperRequest};
+use super::spawn::{make_idle, spawn};
+use super::{HelperError, HelperReply, HelperRequest};
 use crate::reaper::{ExitReceiver, ExitRegistry};
 
 /// Creating a container under TCG emulation takes seconds; this bounds a wedged helper.
 pub const HELPER_REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The helper exits right after replying; past this it is killed.
 pub const HELPER_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The helper's fd 3 is dup'ed from at least this number, so `dup2` onto 3 always clears
-/// close-on-exec (a dup2 onto itself would not).
-const SPAWN_FD_FLOOR: i32 = 10;
 
 /// What the helper created.
 #[derive(Debug)]
@@ -32,10 +35,25 @@ pub struct HelperOutcome {
     pub pty_master: Option<OwnedFd>,
 }
 
+/// A started helper and the agent's end of its socket.
+struct Helper {
+    pid: i32,
+    sock: OwnedFd,
+    exit: ExitReceiver,
+}
+
+impl Helper {
+    fn has_exited(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+}
+
 pub struct HelperLauncher {
     exe: CString,
     exits: Arc<ExitRegistry>,
     reply_timeout: Duration,
+    /// A helper started ahead of need, waiting for its request (see the module docs).
+    spare: Mutex<Option<Helper>>,
     log: Logger,
 }
 
@@ -46,7 +64,26 @@ impl HelperLauncher {
             exe: c"/proc/self/exe".to_owned(),
             exits,
             reply_timeout: HELPER_REPLY_TIMEOUT,
+            spare: Mutex::new(None),
             log,
+        }
+    }
+
+    fn spare(&self) -> MutexGuard<'_, Option<Helper>> {
+        // Only ever replaced whole: a poisoned slot is consistent.
+        self.spare.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a spare helper unless a live one is waiting already. Failing is not an error:
+    /// the next request then starts its own helper.
+    pub fn prepare_spare(&self) {
+        let mut spare = self.spare();
+        if spare.as_ref().is_some_and(|h| !h.has_exited()) {
+            return;
+        }
+        match self.start_spare() {
+            Ok(helper) => *spare = Some(helper),
+            Err(e) => warn!(self.log, "starting a spare helper failed"; "error" => %e),
         }
     }
 
@@ -57,6 +94,66 @@ impl HelperLauncher {
         fds: Vec<OwnedFd>,
     ) -> Result<HelperOutcome, HelperError> {
         let bytes = message::encode(request)?;
+        let delivered = self.deliver(&bytes, &fds);
+        // The kernel holds the in-flight copies; ours must go so pipes see EOF later.
+        drop(fds);
+        let (Helper { pid, sock, exit }, sent) = delivered?;
+        debug!(self.log, "helper has the request"; "pid" => pid, "container" => &request.container_id);
+        let result = match sent {
+            Ok(()) => {
+                let wants_terminal = request.console_dir.is_some();
+                self.exchange(sock, exit.clone(), wants_terminal).await
+            }
+            Err(e) => {
+                // Closing our end makes the helper exit: it never got a request.
+                drop(sock);
+                Err(HelperError::Send(e))
+            }
+        };
+        self.reap(pid, exit).await;
+        self.prepare_spare();
+        result
+    }
+
+    /// Sends the request to the spare, or to a new helper when there is no spare or it cannot
+    /// take the request (it died: nothing reached it, so nothing runs twice). A new helper's
+    /// send result comes back with it, so that it is reaped either way.
+    fn deliver(
+        &self,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+    ) -> Result<(Helper, std::io::Result<()>), HelperError> {
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        // Taken out of the slot, so no other request can send to it too.
+        let spare = self.spare().take();
+        if let Some(spare) = spare.filter(|h| !h.has_exited()) {
+            // It has read nothing yet: one datagram into its empty socket never blocks.
+            match message::send(spare.sock.as_fd(), bytes, &borrowed) {
+                Ok(()) => return Ok((spare, Ok(()))),
+                Err(e) => {
+                    debug!(self.log, "the spare helper is gone"; "pid" => spare.pid, "error" => %e)
+                }
+            }
+        }
+        let helper = self.start()?;
+        let sent = message::send(helper.sock.as_fd(), bytes, &borrowed);
+        Ok((helper, sent))
+    }
+
+    /// A helper at idle priority. One that died at once (then reaped, its pid maybe reused) is
+    /// left alone, and found dead when it is needed.
+    fn start_spare(&self) -> Result<Helper, HelperError> {
+        let helper = self.start()?;
+        if let Some(Err(e)) = self
+            .exits
+            .if_running(&helper.exit, || make_idle(helper.pid))
+        {
+            debug!(self.log, "the spare helper keeps normal priority"; "error" => %e);
+        }
+        Ok(helper)
+    }
+
+    fn start(&self) -> Result<Helper, HelperError> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -68,32 +165,23 @@ impl HelperLauncher {
         let pid = spawn(&self.exe, theirs.as_fd())?;
         drop(theirs);
         let exit = self.exits.register(pid);
-        debug!(self.log, "helper started"; "pid" => pid, "container" => &request.container_id);
-        let wants_terminal = request.console_dir.is_some();
-        let result = self
-            .exchange(ours, &bytes, fds, exit.clone(), wants_terminal)
-            .await;
-        self.reap(pid, exit).await;
-        result
+        debug!(self.log, "helper started"; "pid" => pid);
+        Ok(Helper {
+            pid,
+            sock: ours,
+            exit,
+        })
     }
 
+    /// Awaits the reply to the request the helper has.
     async fn exchange(
         &self,
         ours: OwnedFd,
-        bytes: &[u8],
-        fds: Vec<OwnedFd>,
         mut exit: ExitReceiver,
         wants_terminal: bool,
     ) -> Result<HelperOutcome, HelperError> {
         // SAFETY: the OwnedFd owns the socket and keeps it open until the AsyncFd drops it.
         let sock = unsafe { AsyncFd::register(ours) }.map_err(|e| HelperError::Setup(e.into()))?;
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        // One small datagram into a fresh socket never blocks.
-        message::send(sock.get_ref().as_fd(), bytes, &borrowed).map_err(HelperError::Send)?;
-        drop(borrowed);
-        // The kernel holds the in-flight copies; ours must go so pipes see EOF later.
-        drop(fds);
-
         let reply = tokio::select! {
             biased;
             reply = tokio::time::timeout(self.reply_timeout, recv_async(&sock)) => match reply {
@@ -162,108 +250,4 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<(), HelperError> {
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
     fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(HelperError::Socket)?;
     Ok(())
-}
-
-/// posix_spawn file actions, destroyed on drop.
-struct FileActions(libc::posix_spawn_file_actions_t);
-
-impl Drop for FileActions {
-    fn drop(&mut self) {
-        // SAFETY: initialised in `spawn` before this value was created.
-        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
-    }
-}
-
-/// posix_spawn attributes, destroyed on drop.
-struct SpawnAttr(libc::posix_spawnattr_t);
-
-impl Drop for SpawnAttr {
-    fn drop(&mut self) {
-        // SAFETY: initialised in `spawn` before this value was created.
-        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
-    }
-}
-
-fn check(what: &'static str, rc: i32) -> Result<(), HelperError> {
-    match rc {
-        0 => Ok(()),
-        errno => Err(HelperError::Spawn {
-            exe: what.to_owned(),
-            source: Errno::from_raw(errno),
-        }),
-    }
-}
-
-/// Spawns `exe HELPER_ARG` with stdio on /dev/null and `sock` as fd 3. posix_spawn (vfork +
-/// exec in glibc) runs no Rust code in the child, so it is safe from a threaded process.
-fn spawn(exe: &CStr, sock: BorrowedFd<'_>) -> Result<i32, HelperError> {
-    let raw = fcntl(sock.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(SPAWN_FD_FLOOR))
-        .map_err(HelperError::Socket)?;
-    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
-    let high = unsafe { OwnedFd::from_raw_fd(raw) };
-    let arg = CString::new(HELPER_ARG).map_err(|_| HelperError::Socket(Errno::EINVAL))?;
-    let argv: [*mut c_char; 3] = [
-        c"husk-agent".as_ptr().cast_mut(),
-        arg.as_ptr().cast_mut(),
-        ptr::null_mut(),
-    ];
-    let env = c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-    let envp: [*mut c_char; 2] = [env.as_ptr().cast_mut(), ptr::null_mut()];
-
-    let mut actions = MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
-    // SAFETY: init writes a valid value into the uninitialised storage we pass.
-    check("file actions", unsafe {
-        libc::posix_spawn_file_actions_init(actions.as_mut_ptr())
-    })?;
-    // SAFETY: initialised just above.
-    let mut actions = FileActions(unsafe { actions.assume_init() });
-    let a = &mut actions.0;
-    // SAFETY: `a` is initialised; the path is a NUL-terminated static string.
-    check("open /dev/null", unsafe {
-        libc::posix_spawn_file_actions_addopen(a, 0, c"/dev/null".as_ptr(), libc::O_RDWR, 0)
-    })?;
-    for (from, to) in [(0, 1), (0, 2), (high.as_raw_fd(), HELPER_FD)] {
-        // SAFETY: `a` is initialised; the fds are plain integers checked by posix_spawn.
-        check("dup2", unsafe {
-            libc::posix_spawn_file_actions_adddup2(a, from, to)
-        })?;
-    }
-
-    let mut attr = MaybeUninit::<libc::posix_spawnattr_t>::uninit();
-    // SAFETY: init writes a valid value into the uninitialised storage we pass.
-    check("attributes", unsafe {
-        libc::posix_spawnattr_init(attr.as_mut_ptr())
-    })?;
-    // SAFETY: initialised just above.
-    let mut attr = SpawnAttr(unsafe { attr.assume_init() });
-    let flags = c_short::try_from(libc::POSIX_SPAWN_SETSIGMASK)
-        .map_err(|_| HelperError::Socket(Errno::EINVAL))?;
-    let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the set; the attr calls read initialised values.
-    check("signal mask", unsafe {
-        libc::sigemptyset(empty.as_mut_ptr());
-        libc::posix_spawnattr_setflags(&mut attr.0, flags)
-            | libc::posix_spawnattr_setsigmask(&mut attr.0, empty.as_ptr())
-    })?;
-
-    let mut pid: libc::pid_t = 0;
-    // SAFETY: every pointer is valid for the call: NUL-terminated strings, NULL-terminated
-    // argv/envp arrays that outlive the call, and initialised actions/attributes.
-    let rc = unsafe {
-        libc::posix_spawn(
-            &mut pid,
-            exe.as_ptr(),
-            &actions.0,
-            &attr.0,
-            argv.as_ptr(),
-            envp.as_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(HelperError::Spawn {
-            exe: exe.to_string_lossy().into_owned(),
-            source: Errno::from_raw(rc),
-        });
-    }
-    Ok(pid)
 }

@@ -7,7 +7,7 @@
 //! `posix_spawn`, which is safe from threads) in a hidden helper mode:
 //!
 //! 1. the agent creates a `SOCK_SEQPACKET` socketpair and spawns the helper with one end as
-//!    fd 3 and /dev/null as stdio;
+//!    fd 3 and /dev/null as stdio — ahead of need, as the spare (see [`launch`]);
 //! 2. it sends one [`HelperRequest`] (JSON) with the process's stdio fds (SCM_RIGHTS);
 //! 3. the single-threaded helper calls libcontainer (`as_init` or `as_tenant`), and answers
 //!    one [`HelperReply`] with the process's pid, plus the pty master (SCM_RIGHTS) when the
@@ -22,6 +22,7 @@ pub mod child;
 mod executor;
 pub mod launch;
 mod message;
+mod spawn;
 
 use std::path::PathBuf;
 

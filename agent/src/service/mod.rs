@@ -128,6 +128,8 @@ impl Agent for AgentService {
         logged(&self.log, "CreateSandbox", created)?;
         let limited = self.containers.limit_pod(&req.pod_resources).await;
         logged(&self.log, "CreateSandbox", limited)?;
+        // A pod's containers follow its sandbox at once; their first helper is ready by then.
+        self.containers.prepare_helper();
         Ok(Empty::new())
     }
 
