@@ -14,6 +14,8 @@ use crate::ui::{note, step};
 use crate::workspace::Workspace;
 
 const SHIM_BUILD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// The Cargo profile of the shim (see the workspace `Cargo.toml`).
+const SHIM_PROFILE: &str = "shim";
 
 /// deps + kernel + initramfs + shim + monitor: `target/husk/{vmlinuz, vmlinux, initrd.img,
 /// containerd-shim-husk-v2, husk-vmm, virtiofsd, config.toml}`, what a pod needs. The
@@ -63,47 +65,40 @@ pub fn with_nested_host(ws: &Workspace) -> Result<Artifacts> {
     Ok(artifacts)
 }
 
-/// The release binaries `build` collects.
+/// The host binaries `build` collects.
 struct Binaries {
     shim: PathBuf,
     vmm: PathBuf,
 }
 
-/// One cargo invocation for the shim and the built-in monitor, so they share what they
-/// have in common.
+/// The shim with its own size-first profile (`[profile.shim]`: one runs per pod, and its
+/// resident text is most of its memory), the monitor with `--release`.
 fn build_binaries(ws: &Workspace) -> Result<Binaries> {
-    step(
-        "building the shim and the monitor: cargo build --release -p husk-shim -p husk-vmm --bins",
-    );
+    Ok(Binaries {
+        shim: build_binary(ws, SHIM_PROFILE, "husk-shim", SHIM_BINARY)?,
+        vmm: build_binary(ws, "release", "husk-vmm", VMM_BINARY)?,
+    })
+}
+
+/// `cargo build --profile <profile> -p <package> --bins`; the path of `binary`.
+fn build_binary(ws: &Workspace, profile: &str, package: &str, binary: &str) -> Result<PathBuf> {
+    step(format!(
+        "building {package}: cargo build --profile {profile} -p {package} --bins"
+    ));
     ws.cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "husk-shim",
-            "-p",
-            "husk-vmm",
-            "--bins",
-        ])
+        .args(["build", "--profile", profile, "-p", package, "--bins"])
         .timeout(SHIM_BUILD_TIMEOUT)
         .run_inherit()
-        .context("building husk-shim and husk-vmm")?;
-    let release = ws.target_dir.join("release");
-    let built = |package: &str, binary: &str| {
-        let path = release.join(binary);
-        if !path.is_file() {
-            bail!(
-                "cargo built package {package} but {} does not exist: the package needs a \
-                 binary target named `{binary}`",
-                path.display()
-            );
-        }
-        Ok(path)
-    };
-    Ok(Binaries {
-        shim: built("husk-shim", SHIM_BINARY)?,
-        vmm: built("husk-vmm", VMM_BINARY)?,
-    })
+        .with_context(|| format!("building {package}"))?;
+    let path = ws.target_dir.join(profile).join(binary);
+    if !path.is_file() {
+        bail!(
+            "cargo built package {package} but {} does not exist: the package needs a binary \
+             target named `{binary}`",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 /// Copies `from` to `to` via a temporary file in the destination directory and a
