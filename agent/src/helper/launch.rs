@@ -98,9 +98,9 @@ impl HelperLauncher {
         // The kernel holds the in-flight copies; ours must go so pipes see EOF later.
         drop(fds);
         let (Helper { pid, sock, exit }, sent) = delivered?;
-        debug!(self.log, "helper has the request"; "pid" => pid, "container" => &request.container_id);
         let result = match sent {
             Ok(()) => {
+                debug!(self.log, "helper has the request"; "pid" => pid, "container" => &request.container_id);
                 let wants_terminal = request.console_dir.is_some();
                 self.exchange(sock, exit.clone(), wants_terminal).await
             }
