@@ -17,6 +17,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::executor::HuskExecutor;
 use super::message;
+use super::spawn::set_scheduler;
 use super::{FailureKind, HELPER_FD, HelperError, HelperReply, HelperRequest, Operation};
 
 /// How long the helper waits for libcontainer's pty master.
@@ -60,15 +61,8 @@ fn prepare_process(sock: &OwnedFd) -> Result<(), HelperError> {
 /// A spare helper was started under `SCHED_IDLE`; the container processes it creates must
 /// be scheduled like everything else.
 fn leave_idle_priority() -> Result<(), Failure> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: plain syscall on the calling process with a valid parameter.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(Failure::internal(format!(
-            "leaving the spare helper's idle priority: {e}"
-        )));
-    }
-    Ok(())
+    set_scheduler(0, libc::SCHED_OTHER)
+        .map_err(|e| Failure::internal(format!("leaving the spare helper's idle priority: {e}")))
 }
 
 struct Failure {

@@ -19,7 +19,7 @@ use slog::{Logger, debug, warn};
 use tokio::io::unix::AsyncFd;
 
 use super::message;
-use super::spawn::{make_idle, spawn};
+use super::spawn::{set_scheduler, spawn};
 use super::{HelperError, HelperReply, HelperRequest};
 use crate::reaper::{ExitReceiver, ExitRegistry};
 
@@ -146,7 +146,7 @@ impl HelperLauncher {
         let helper = self.start()?;
         if let Some(Err(e)) = self
             .exits
-            .if_running(&helper.exit, || make_idle(helper.pid))
+            .if_running(&helper.exit, || set_scheduler(helper.pid, libc::SCHED_IDLE))
         {
             debug!(self.log, "the spare helper keeps normal priority"; "error" => %e);
         }

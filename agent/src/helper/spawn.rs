@@ -14,20 +14,14 @@ use super::{HELPER_ARG, HELPER_FD, HelperError};
 /// close-on-exec (a dup2 onto itself would not).
 const SPAWN_FD_FLOOR: i32 = 10;
 
-/// Puts a spare helper under `SCHED_IDLE`: started ahead of need, it runs only when the
-/// vCPUs have nothing else to do, so it never delays the work in progress. (glibc's
-/// `posix_spawn` accepts no idle policy; `child::run` returns to normal scheduling once a
-/// request arrives.) The caller makes sure `pid` is still its unreaped child.
-pub fn make_idle(pid: i32) -> Result<(), HelperError> {
+/// Sets the scheduling policy of process `pid` (0: the caller). A spare helper runs under
+/// `SCHED_IDLE` until its request comes (glibc's `posix_spawn` accepts no idle policy, so
+/// the agent sets it after the spawn), then under `SCHED_OTHER` again.
+pub fn set_scheduler(pid: i32, policy: libc::c_int) -> nix::Result<()> {
+    // SCHED_IDLE and SCHED_OTHER take no priority; zeroed is the only valid parameter.
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: plain syscall on one process with a valid parameter (SCHED_IDLE takes 0).
-    match unsafe { libc::sched_setscheduler(pid, libc::SCHED_IDLE, &param) } {
-        0 => Ok(()),
-        _ => Err(HelperError::Spawn {
-            exe: "setting the spare's idle priority".to_owned(),
-            source: Errno::last(),
-        }),
-    }
+    // SAFETY: plain syscall on one process with a valid parameter.
+    Errno::result(unsafe { libc::sched_setscheduler(pid, policy, &param) }).map(drop)
 }
 
 /// posix_spawn file actions, destroyed on drop.

@@ -12,6 +12,7 @@
 //! - IO: stdout throughput (husk, runc), agent RPC round trip, virtio-fs throughput;
 //! - husk's built-in monitor next to QEMU/KVM, both under nested KVM.
 
+mod driver;
 mod goals;
 mod io;
 mod nested;
@@ -64,7 +65,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
     report.push_str(&network::section(ws, &artifacts)?);
     report.push('\n');
     step("pod start through CRI: pause container and Sandbox API (containerd 2.x)");
-    report.push_str(&network::run_driver(
+    report.push_str(&driver::run(
         ws,
         &artifacts,
         "pod_start_bench",
@@ -72,7 +73,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
     )?);
     report.push('\n');
     step("density: idle pods until 100 or the memory reserve; 10 pods started at once (CRI)");
-    report.push_str(&network::run_driver(
+    report.push_str(&driver::run(
         ws,
         &artifacts,
         "density_bench",

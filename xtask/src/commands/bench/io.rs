@@ -72,7 +72,7 @@ fn stdout_run(address: &Path, runtime: &str, image: &str, id: &str) -> Result<f6
 /// `nested_pod --io` with QEMU/TCG on this host, in a private mount namespace (its pod
 /// directory's tmpfs goes with it): the `RESULT` line.
 pub fn agent_level(ws: &Workspace, artifacts: &Artifacts, scope: &TestScope) -> Result<String> {
-    let driver = super::network::build_driver(ws, DRIVER)?;
+    let driver = super::driver::build(ws, DRIVER)?;
     let state = scope.dir().join("io-state");
     let out = Cmd::new("unshare")
         .args(["--mount", "--propagation", "private"])

@@ -15,7 +15,7 @@ const DRIVER: &str = "nested_pod";
 /// The Markdown section for BENCHMARKS.md.
 pub fn section(ws: &Workspace, artifacts: &Artifacts) -> Result<String> {
     step("nested KVM: husk-vmm next to QEMU/KVM in one outer VM");
-    let driver = super::network::build_driver(ws, DRIVER)?;
+    let driver = super::driver::build(ws, DRIVER)?;
     let mut scope =
         TestScope::new("bench-nested").context("creating the nested bench directory")?;
     let run = compare::run(artifacts, scope.dir(), &driver, ROUNDS, true);
