@@ -49,6 +49,7 @@ fn timed(name: &'static str, f: impl FnOnce() -> Result<()>) -> Outcome {
 /// Runs the suite; `nextest_args` go to `cargo nextest run`.
 pub fn run(ws: &Workspace, nextest_args: &[String]) -> Result<()> {
     deps::run(ws).context("installing dependencies")?;
+    check_free_space(&ws.target_dir)?;
     let run_dir = run_dir()?;
     let outcomes = [
         timed("build", || build::with_nested_host(ws).map(|_| ())),
@@ -104,6 +105,32 @@ pub fn run(ws: &Workspace, nextest_args: &[String]) -> Result<()> {
     let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
     if failed > 0 {
         bail!("{failed} of {} steps failed", outcomes.len());
+    }
+    Ok(())
+}
+
+/// What a build of everything from a fresh clone leaves in the target directory (debug,
+/// release, guest and shim profiles, the kernel and initramfs), with room to spare; measured
+/// on a fresh clone's `cargo xtask test`.
+const NEEDED_FREE_BYTES: u64 = 12 << 30;
+
+/// Says up front when the disk is too full for the build, rather than letting the linker die
+/// with "No space left on device" ten minutes in. A target directory that is already built
+/// needs less, so this warns instead of failing.
+fn check_free_space(target_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(target_dir)
+        .with_context(|| format!("creating {}", target_dir.display()))?;
+    let stat = nix::sys::statvfs::statvfs(target_dir)
+        .with_context(|| format!("reading the free space of {}", target_dir.display()))?;
+    let free = stat.blocks_available() * stat.fragment_size();
+    if free < NEEDED_FREE_BYTES {
+        note(format!(
+            "warning: {} has {:.1} GiB free; a build from scratch needs about {} GiB: \
+             free some space (e.g. `cargo clean` in other checkouts) if the build fails",
+            target_dir.display(),
+            free as f64 / f64::from(1u32 << 30),
+            NEEDED_FREE_BYTES >> 30
+        ));
     }
     Ok(())
 }
