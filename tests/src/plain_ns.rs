@@ -82,6 +82,11 @@ impl PlainNs {
         std::path::PathBuf::from(format!("/run/netns/{}", self.name))
     }
 
+    /// The namespace's name (`ip -n <name>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Routes everything off the bridge's subnet through `gateway`, as CNI's bridge plugin
     /// does for a pod.
     pub fn add_default_route(&self, gateway: &str) -> Result<()> {

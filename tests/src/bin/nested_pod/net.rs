@@ -150,7 +150,19 @@ pub async fn bench(args: &Args) -> Result<String> {
         let client_id = format!("{}-b", args.id);
         match pod_to_pod(&b, &client_dir, &client_id, &namespaces[1]).await {
             Ok(p) => println!("{}", netpath(&b.name, &p)),
-            Err(e) => eprintln!("nested_pod: pod_to_pod not measured: {e:#}"),
+            Err(e) => {
+                // The client's exec stalls when the serving pod's guest is gone: say so
+                // first, the bench's table quotes the start of this line.
+                let e = match server.ended() {
+                    Some(how) => e.context(format!("the serving pod's VM ended: {how}")),
+                    None => e,
+                };
+                eprintln!("nested_pod: pod_to_pod not measured: {e:#}");
+                eprintln!(
+                    "nested_pod: the serving pod's network:\n{}",
+                    net_state(&server, "web", &namespaces[0]).await
+                );
+            }
         }
     }
     let diagnostics = server.diagnostics();
@@ -219,10 +231,43 @@ async fn pod_to_pod(
         push_from_pod(&client, &Lan::address(0)).await
     }
     .await;
+    if measured.is_err() {
+        eprintln!(
+            "nested_pod: the client pod's network:\n{}",
+            net_state(&client, "cli", ns).await
+        );
+    }
     let diagnostics = client.diagnostics();
+    let ended = client.ended();
     client.shutdown().await?;
     // The cause first: the bench's table quotes the start of this line.
-    measured.map_err(|e| anyhow::anyhow!("{e:#}; the client pod's VMM said: {diagnostics}"))
+    measured.map_err(|e| match ended {
+        Some(how) => anyhow::anyhow!("the client pod's VM ended: {how}; {e:#}"),
+        None => anyhow::anyhow!("{e:#}; the client pod's VMM said: {diagnostics}"),
+    })
+}
+
+/// What tells a stalled path apart, for a failed run: the guest's interface counters,
+/// interrupts and TCP sockets (through an exec in container `cid`, if the agent
+/// still answers) and the host side's tap and veth counters in the pod's namespace.
+async fn net_state(pod: &Pod, cid: &str, ns: &PlainNs) -> String {
+    const WITHIN: Duration = Duration::from_secs(30);
+    let script = "cat /proc/net/dev; cat /proc/interrupts; netstat -tn";
+    let guest = match pod
+        .exec(cid, "netstate", &["sh", "-c", script], WITHIN)
+        .await
+    {
+        Ok((_, out)) => out,
+        Err(e) => format!("(no answer from the guest: {e:#})"),
+    };
+    let host = Command::new("ip")
+        .args(["-n", ns.name(), "-s", "link"])
+        .output()
+        .map_or_else(
+            |e| format!("(ip -s link: {e})"),
+            |o| String::from_utf8_lossy(&o.stdout).into_owned(),
+        );
+    format!("guest:\n{guest}\nhost side:\n{host}")
 }
 
 /// `dd | nc` in the client pod, timed here (the nested guest's clock is not to be trusted

@@ -262,6 +262,15 @@ impl Pod {
         self.vm.diagnostics()
     }
 
+    /// How the VM ended, if it has.
+    pub fn ended(&self) -> Option<String> {
+        self.vm
+            .exited()
+            .borrow()
+            .as_ref()
+            .map(|e| e.description.clone())
+    }
+
     /// Creates container `cid` running `argv` in a busybox rootfs of the pod share; with
     /// `stdout`, returns the stream of its output.
     async fn create(
