@@ -79,6 +79,10 @@ fn run_init() -> Result<Infallible> {
         warn!(log, "ignoring husk.log"; "error" => %e);
     }
     info!(log, "agent starting"; "uptime_ms" => started_ms);
+    let reporting = std::path::Path::new(init::page_reporting::ORDER_PARAM);
+    if let Err(e) = init::page_reporting::set_order(reporting, init::page_reporting::ORDER) {
+        warn!(log, "free page reporting stays at the kernel's order"; "error" => %e);
+    }
     match init::mounts::enable_cgroup_controllers(std::path::Path::new(init::mounts::CGROUP_ROOT)) {
         Ok(refused) if refused.is_empty() => {}
         Ok(refused) => {

@@ -13,6 +13,7 @@
 //! After that, [`mounts`] mounts the kernel filesystems and cgroup v2.
 
 pub mod mounts;
+pub mod page_reporting;
 pub mod switch_root;
 
 use thiserror::Error;
