@@ -17,6 +17,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::arch::loader::BootSetup;
 use crate::arch::{self, ArchError, regs::boot_regs};
 use crate::device_manager::{DeviceManager, DeviceManagerError};
+use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::fs::VirtioFs;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::tap::Tap;
@@ -126,7 +127,8 @@ pub fn build<W: Write + Send + 'static>(
     })
 }
 
-/// The virtio devices `config` asks for: vsock, virtio-fs, one virtio-net per tap.
+/// The virtio devices `config` asks for: vsock, virtio-fs, the reporting balloon, one
+/// virtio-net per tap.
 fn add_virtio_devices(
     devices: &mut DeviceManager,
     vm: &Vm,
@@ -149,6 +151,9 @@ fn add_virtio_devices(
         let device = VirtioFs::connect(&fs.socket, &fs.tag, dlog.clone())?;
         devices.add_virtio_device(vm, Box::new(device), mem.clone(), &dlog)?;
     }
+    // Free page reporting: what the guest frees goes back to the host (see `balloon`).
+    let dlog = log.new(slog::o!("device" => "balloon"));
+    devices.add_virtio_device(vm, Box::new(Balloon::new(dlog.clone())), mem.clone(), &dlog)?;
     for n in &config.net {
         let dlog = log.new(slog::o!("device" => "net", "interface" => n.name.clone()));
         let tap = Tap::from_inherited(n.fd).map_err(|source| BuildError::Tap {

@@ -1,7 +1,8 @@
 //! `husk-vmm`: husk's built-in microVM monitor, a small rust-vmm based VMM that boots the
 //! husk guest kernel directly (PVH or 64-bit boot protocol, no firmware) with virtio-mmio
 //! devices: hybrid vsock (the `husk-vsock` device, the same one QEMU gets over vhost-user),
-//! virtio-fs through virtiofsd (vhost-user frontend), optional virtio-net on a tap; plus a
+//! virtio-fs through virtiofsd (vhost-user frontend), a balloon for free page reporting,
+//! optional virtio-net on a tap; plus a
 //! 16550 console on stdout, an i8042 for resets and a boot timer.
 //!
 //! The shim starts it as a process of its own (`husk_hypervisor::builtin` writes the

@@ -6,6 +6,7 @@
 //! queue-kick eventfds. From then on the event loop ([`handler::VirtioHandler`]) calls the
 //! device when a queue is kicked or one of its host fds is ready.
 
+pub mod balloon;
 pub mod fs;
 pub mod handler;
 pub mod mmio;
@@ -23,6 +24,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// Device ids (virtio spec 5).
 pub const TYPE_NET: u32 = 1;
+pub const TYPE_BALLOON: u32 = 5;
 pub const TYPE_VSOCK: u32 = 19;
 pub const TYPE_FS: u32 = 26;
 /// Interrupt status bits.
