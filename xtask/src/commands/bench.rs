@@ -60,6 +60,11 @@ pub fn run(ws: &Workspace) -> Result<()> {
         note(format!("killed leftover {p}"));
     }
     scope.cleanup()?;
+    // runc's and husk's containers sat under `/husk-bench/<id>`: containerd creates the
+    // namespace's own cgroup directories and leaves them behind, empty.
+    for (dir, e) in husk_tests::namespace_cgroups::remove(NAMESPACE) {
+        note(format!("cgroup {} is still in use: {e}", dir.display()));
+    }
     let mut report = result?;
     report.push('\n');
     report.push_str(&network::section(ws, &artifacts)?);
@@ -238,7 +243,7 @@ fn idle_report(idle: &IdlePod) -> String {
         (pss + idle.guest_touched_kib) as f64 / 1024.0
     ));
     r.push_str(&format!("\nIdle CPU of the pod (all its host processes, averaged over {} s): **{:.0} millicores**.\n", CPU_WINDOW.as_secs(), idle.millicores));
-    r.push_str("\nMethod: `ctr run -d … sleep 1000`, wait until RUNNING plus 3 s, then sum `Pss`/`Rss` from `/proc/<pid>/smaps_rollup` of every process whose command line names the pod (shim, QEMU, its vsock backend, virtiofsd). Guest RAM is a shared memfd that QEMU and both vhost-user helpers map: it is told apart by its size in `/proc/<pid>/smaps` and counted once, as the pages resident in QEMU's mapping (under TCG every guest access goes through it); each process's row is its PSS and RSS without its guest-RAM mapping.\n");
+    r.push_str("\nMethod: `ctr run -d … sleep 1000`, wait until RUNNING plus 3 s, take the pod's CPU time over the next 10 s, then sum `Pss`/`Rss` from `/proc/<pid>/smaps_rollup` of every process whose command line names the pod (shim, QEMU, its vsock backend, virtiofsd). Guest RAM is a shared memfd that QEMU and both vhost-user helpers map: it is told apart by its size in `/proc/<pid>/smaps` and counted once, as the pages resident in QEMU's mapping (under TCG every guest access goes through it); each process's row is its PSS and RSS without its guest-RAM mapping.\n");
     r
 }
 
