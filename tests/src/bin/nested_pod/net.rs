@@ -32,6 +32,8 @@ const SERVE_WITHIN: Duration = Duration::from_secs(60);
 const PAYLOAD_MIB: u64 = 8;
 const RUNS: usize = 3;
 const PINGS: u32 = 20;
+/// How long a failed run waits to learn whether a pod's VM ended.
+const ENDED_GRACE: Duration = Duration::from_secs(5);
 /// Bound on one exec in the client pod (a push at a few MiB/s included).
 const EXEC_WITHIN: Duration = Duration::from_secs(180);
 
@@ -153,7 +155,7 @@ pub async fn bench(args: &Args) -> Result<String> {
             Err(e) => {
                 // The client's exec stalls when the serving pod's guest is gone: say so
                 // first, the bench's table quotes the start of this line.
-                let e = match server.ended() {
+                let e = match server.ended(ENDED_GRACE).await {
                     Some(how) => e.context(format!("the serving pod's VM ended: {how}")),
                     None => e,
                 };
@@ -238,7 +240,7 @@ async fn pod_to_pod(
         );
     }
     let diagnostics = client.diagnostics();
-    let ended = client.ended();
+    let ended = client.ended(ENDED_GRACE).await;
     client.shutdown().await?;
     // The cause first: the bench's table quotes the start of this line.
     measured.map_err(|e| match ended {

@@ -262,13 +262,12 @@ impl Pod {
         self.vm.diagnostics()
     }
 
-    /// How the VM ended, if it has.
-    pub fn ended(&self) -> Option<String> {
-        self.vm
-            .exited()
-            .borrow()
-            .as_ref()
-            .map(|e| e.description.clone())
+    /// How the VM ended, if it has within `grace` (a guest's crash reaches the agent
+    /// connection before its monitor's exit is seen).
+    pub async fn ended(&self, grace: Duration) -> Option<String> {
+        let mut exited = self.vm.exited();
+        let _ = timeout(grace, exited.wait_for(Option::is_some)).await;
+        exited.borrow().as_ref().map(|e| e.description.clone())
     }
 
     /// Creates container `cid` running `argv` in a busybox rootfs of the pod share; with
