@@ -17,9 +17,8 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use super::{Activation, IrqTrigger, Memory, TYPE_BALLOON, VirtioDevice, VirtioError, notify_used};
 use husk_vsock::device::check_avail_index;
 
-const INFLATE_QUEUE: usize = 0;
-const DEFLATE_QUEUE: usize = 1;
-/// The third queue when only `F_REPORTING` is negotiated (no stats or hinting queues).
+/// Queues 0 and 1 are inflate and deflate; the reporting queue comes third when only
+/// `F_REPORTING` is offered (no stats or hinting queues).
 const REPORTING_QUEUE: usize = 2;
 /// Linux needs room for one report of `PAGE_REPORTING_CAPACITY` (32) blocks in one chain.
 const QUEUE_SIZES: [u16; 3] = [32, 32, 32];
@@ -30,7 +29,7 @@ const PAGE_SIZE: u64 = 4096;
 const CHAINS_PER_EVENT: usize = 256;
 /// `num_pages` at 0, then `actual` (what the driver says it holds), both little endian.
 const CONFIG_LEN: usize = 8;
-const ACTUAL_OFFSET: u64 = 4;
+const ACTUAL_OFFSET: usize = 4;
 
 pub struct Balloon {
     active: Option<Active>,
@@ -139,16 +138,16 @@ impl VirtioDevice for Balloon {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut config = [0u8; CONFIG_LEN];
-        config[4..].copy_from_slice(&self.actual);
+        config[ACTUAL_OFFSET..].copy_from_slice(&self.actual);
         super::read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only `actual` is the driver's to write; a write must fit in it.
-        let Some(rel) = offset.checked_sub(ACTUAL_OFFSET) else {
-            return;
-        };
-        let Ok(rel) = usize::try_from(rel) else {
+        let Some(rel) = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_sub(ACTUAL_OFFSET))
+        else {
             return;
         };
         if let Some(dst) = self.actual.get_mut(rel..rel.saturating_add(data.len())) {
@@ -157,16 +156,11 @@ impl VirtioDevice for Balloon {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), VirtioError> {
-        // Without F_REPORTING the driver sets up only inflate and deflate.
-        let want = if a.acked_features & (1 << VIRTIO_BALLOON_F_REPORTING) != 0 {
-            3
-        } else {
-            2
-        };
-        if a.queues.len() < want {
+        // One per declared queue; a driver without F_REPORTING leaves the third not ready.
+        if a.queues.len() != QUEUE_SIZES.len() {
             return Err(VirtioError::QueueCount {
                 got: a.queues.len(),
-                want,
+                want: QUEUE_SIZES.len(),
             });
         }
         self.active = Some(Active {
@@ -187,9 +181,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn queue_event(&mut self, queue: usize) {
-        if matches!(queue, INFLATE_QUEUE | DEFLATE_QUEUE | REPORTING_QUEUE) {
-            self.process(queue);
-        }
+        self.process(queue);
     }
 }
 
