@@ -22,7 +22,7 @@ use husk_vmm_config::{
 
 use crate::binaries::{self, Search};
 use crate::child::{Stdout, Supervised};
-use crate::spec::{VmSpec, write_launch_file};
+use crate::spec::{COMMON_KERNEL_PARAMS, VmSpec, write_launch_file};
 use crate::virtiofsd;
 use crate::vm_processes::VmProcesses;
 use crate::vmm::{VmHandle, Vmm, VmmError};
@@ -59,7 +59,7 @@ impl BuiltinVmm {
     pub fn vm_config(spec: &VmSpec, fs_socket: &Path) -> Result<VmConfig, VmmError> {
         let vcpus = u8::try_from(spec.vcpus)
             .map_err(|_| VmmError::InvalidSpec(format!("{} vCPUs", spec.vcpus)))?;
-        let mut cmdline = BASE_CMDLINE.to_string();
+        let mut cmdline = format!("{BASE_CMDLINE} {COMMON_KERNEL_PARAMS}");
         if !spec.kernel_params.trim().is_empty() {
             cmdline.push(' ');
             cmdline.push_str(spec.kernel_params.trim());

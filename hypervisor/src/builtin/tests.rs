@@ -53,7 +53,10 @@ fn vm_config_follows_the_spec_and_prefers_vmlinux() {
     let c = BuiltinVmm::vm_config(&s, &fs).unwrap();
     c.validate().unwrap();
     assert_eq!(c.kernel, s.kernel, "no vmlinux beside it yet");
-    assert_eq!(c.cmdline, format!("{BASE_CMDLINE} husk.log=debug"));
+    assert_eq!(
+        c.cmdline,
+        format!("{BASE_CMDLINE} virtio_mmio.queue_num_max=256 husk.log=debug")
+    );
     assert_eq!((c.vcpus, c.memory_mib), (2, 256));
     assert_eq!(c.vsock.unwrap().uds_path, s.vsock.uds_path);
     assert_eq!(

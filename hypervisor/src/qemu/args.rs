@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use crate::spec::VmSpec;
+use crate::spec::{COMMON_KERNEL_PARAMS, VmSpec};
 
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +48,8 @@ pub fn kernel_cmdline(accel: Accel, extra: &str) -> String {
     // panic=-1 + reboot=t: a guest panic or the agent's reboot() triple-faults, and QEMU's
     // -no-reboot turns that into a clean exit. pci=off: microvm has no PCI bus; probing
     // for one costs 20 ms under TCG.
-    let mut cmdline = String::from("console=ttyS0 quiet panic=-1 reboot=t pci=off");
+    let mut cmdline =
+        format!("console=ttyS0 quiet panic=-1 reboot=t pci=off {COMMON_KERNEL_PARAMS}");
     if let Accel::Tcg { tsc_khz } = accel {
         cmdline.push_str(&format!(
             " tsc_early_khz={tsc_khz} lapic_timer_hz={TCG_APIC_BUS_HZ}"
@@ -222,6 +223,7 @@ mod tests {
         assert!(append.contains("tsc_early_khz=2600000"), "{append}");
         assert!(append.contains("lapic_timer_hz=1000000000"), "{append}");
         assert!(append.contains("pci=off"), "{append}");
+        assert!(append.contains("virtio_mmio.queue_num_max=256"), "{append}");
         assert_eq!(
             value_of(&a, "-machine"),
             ["microvm,acpi=off,memory-backend=mem"]
