@@ -40,15 +40,15 @@ pub fn run(ws: &Workspace, agent: Option<&Path>) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// `cargo build --profile guest -p husk-agent --target x86_64-unknown-linux-gnu`, statically.
-/// The `guest` profile (workspace Cargo.toml) optimizes for size: every byte of the agent
-/// stays resident in every pod VM.
-/// With an explicit `--target`, RUSTFLAGS only reach target artifacts, so build scripts
 /// Cargo profile of the guest agent build.
 const GUEST_PROFILE: &str = "guest";
 /// The tests' static inotify watcher (`tests/inotify-probe`), copied into the artifacts.
 const INOTIFY_PROBE: &str = "husk-inotify-probe";
 
+/// `cargo build --profile guest -p husk-agent --target x86_64-unknown-linux-gnu`, statically.
+/// The `guest` profile (workspace Cargo.toml) optimizes for size: every byte of the agent
+/// stays resident in every pod VM.
+/// With an explicit `--target`, RUSTFLAGS only reach target artifacts, so build scripts
 /// and proc macros stay dynamic and shared with other builds.
 fn build_agent(ws: &Workspace) -> Result<PathBuf> {
     step(format!(
