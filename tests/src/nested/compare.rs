@@ -46,6 +46,14 @@ pub const IO_METRICS: [&str; 6] = [
 pub(crate) const SECCOMP_LINE: &str = "syscall filters installed";
 pub(crate) const CLEAN_STOP_LINE: &str = "VM stopped, status: 0, reason: guest reset the machine";
 
+/// What the `nested_pod` driver prints before the reason it failed.
+pub const DRIVER_ERROR_PREFIX: &str = "nested_pod: error";
+
+/// The driver's error line in a nested run's output, if it printed one.
+pub fn driver_error_line(output: &str) -> Option<&str> {
+    output.lines().find(|l| l.starts_with(DRIVER_ERROR_PREFIX))
+}
+
 /// How long the whole nested run may take (outer boot plus every pod).
 const RUN_TIMEOUT: Duration = Duration::from_secs(400);
 

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::NestedOutput;
-use super::compare::{CLEAN_STOP_LINE, CompareError, driver_host, results, value};
+use super::compare::{
+    CLEAN_STOP_LINE, CompareError, driver_error_line, driver_host, results, value,
+};
 use crate::Artifacts;
 use crate::net_figures::{PathFigures, Ping, TABLE_HEADER};
 
@@ -143,9 +145,7 @@ fn unmeasured(backend: &str, path: &str, outer: &NestedOutput) -> PathFigures {
 /// The driver's error line, or the outer run's first lines if it printed none.
 fn first_error(outer: &NestedOutput) -> String {
     let stderr = outer.stderr_text();
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("nested_pod: error"))
+    let line = driver_error_line(&stderr)
         .map(str::to_owned)
         .unwrap_or_else(|| outer.describe());
     line.chars().take(300).collect()

@@ -40,6 +40,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use husk_tests::nested::compare::DRIVER_ERROR_PREFIX;
 
 /// Parsed command line.
 struct Args {
@@ -125,7 +126,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("nested_pod: error: {e:#}");
+            eprintln!("{DRIVER_ERROR_PREFIX}: {e:#}");
             ExitCode::FAILURE
         }
     }

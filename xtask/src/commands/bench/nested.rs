@@ -100,9 +100,8 @@ fn comparison(artifacts: &Artifacts, driver: &Path) -> Result<String> {
 /// The line of `error` that says which pod failed and how (the driver's error line, or a
 /// triple fault the monitor logged), else its start; at most [`SUMMARY_CHARS`] characters.
 fn summary(error: &str) -> String {
-    let line = error
-        .lines()
-        .find(|l| l.contains("nested_pod: error") || l.contains("triple-faulted"))
+    let line = compare::driver_error_line(error)
+        .or_else(|| error.lines().find(|l| l.contains("triple-faulted")))
         .unwrap_or(error);
     line.trim()
         .chars()
